@@ -1,0 +1,55 @@
+# Two commands do all set-up on a fresh machine: `make serve` and `make test` (see README).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test lint typecheck pytest test-heavy pack bench bench-peer clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip setuptools wheel
+	# torch first, pinned, so the CPU build on disk is used and nothing pulls a CUDA build.
+	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install -e ".[export,dev,bench]"
+	touch $(STAMP)
+
+## install: create .venv and install the project with its export and dev extras (nothing else)
+install: $(STAMP)
+
+## pack: build the default model pack into FACE_MODELS_DIR (idempotent, cached)
+pack: $(STAMP)
+	$(BIN)/face-export default-pack
+
+## serve: set up, build the default pack if needed, start the service
+serve: pack
+	$(BIN)/face-service serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: pack
+	$(BIN)/pytest -q
+
+## test: set up, then lint, types and the test suite
+test: lint typecheck pytest
+
+## test-heavy: the long robustness runs (crash x20, fuzz 5000, load 10 min) and slow tests
+test-heavy: pack
+	FACE_HEAVY=1 $(BIN)/pytest -q -m "slow or heavy" --timeout=3600
+
+## bench: service benchmark (embedding, 1:N search, end-to-end); prints a table, writes JSON
+bench: pack
+	$(BIN)/python -m benchmarks.service_bench --out benchmarks/results/service.json
+
+## bench-peer: side-by-side with the face_recognition/dlib reference pipeline
+bench-peer: pack
+	$(BIN)/python -m benchmarks.peer_bench --out benchmarks/results/peer.json
+
+clean-venv:
+	rm -rf $(VENV)

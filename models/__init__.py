@@ -1,0 +1,1 @@
+"""PyTorch embedders (backbones) and margin heads. torch is imported here and in export/ only."""

@@ -1,0 +1,1 @@
+"""Face verification and identification service (no torch in this package)."""

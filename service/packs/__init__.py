@@ -1,0 +1,1 @@
+"""Model packs: a folder of ONNX files plus a manifest that declares every convention."""

@@ -1,0 +1,1 @@
+"""Pipeline stages, one module each: decode → detect → quality → align → embed."""

@@ -1,0 +1,106 @@
+"""The one settings object of the service: environment variables prefixed ``FACE_``."""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _xdg_dir(env_name: str, fallback: str) -> Path:
+    base = os.environ.get(env_name)
+    return Path(base) if base else Path.home() / fallback
+
+
+def default_data_dir() -> Path:
+    """Gallery, keys and other state; outside the source tree by default."""
+    return _xdg_dir("XDG_DATA_HOME", ".local/share") / "face-service"
+
+
+def default_models_dir() -> Path:
+    """Model packs; built packs are a cache that can be rebuilt at any time."""
+    return _xdg_dir("XDG_CACHE_HOME", ".cache") / "face-service" / "models"
+
+
+class ExecutionDevice(StrEnum):
+    AUTO = "auto"  # CUDA when onnxruntime offers it, else CPU (reported, never silent)
+    CPU = "cpu"
+    CUDA = "cuda"  # CUDA required: start fails without it
+
+
+class SubjectScore(StrEnum):
+    MAX = "max"  # a subject's score is the best of its faces
+    MEAN = "mean"  # mean of its faces' similarities
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Each field reads ``FACE_<FIELD NAME>`` from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="FACE_", env_file=None, extra="ignore")
+
+    # --- server
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: str = "info"
+    cors_origins: list[str] = Field(default_factory=list)
+
+    # --- storage
+    data_dir: Path = Field(default_factory=default_data_dir)
+    models_dir: Path = Field(default_factory=default_models_dir)
+    pack: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    store_crops: bool = True  # keep aligned crops so the gallery can be re-embedded
+
+    # --- auth
+    api_key: SecretStr | None = None  # an explicit admin key (tests, Docker)
+    auth_enabled: bool = True  # False only for local experiments; logged as a warning
+
+    # --- runtime
+    device: ExecutionDevice = ExecutionDevice.AUTO
+    tensorrt: bool = False  # opt-in TensorRT provider ahead of CUDA
+    intra_op_threads: int = Field(0, ge=0)  # 0: number of CPU cores
+    inter_op_threads: int = Field(1, ge=1)
+    batch_max_size: int = Field(32, ge=1, le=512)
+    batch_max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
+
+    # --- detection
+    det_input_size: int = Field(640, ge=64, le=4096)  # longest side fed to the detector
+    det_score_threshold: float = Field(0.6, gt=0.0, lt=1.0)
+    det_nms_threshold: float = Field(0.4, gt=0.0, lt=1.0)
+    max_faces: int = Field(32, ge=1, le=1000)
+    min_face_size: int = Field(16, ge=1)  # pixels, shorter side of the box
+
+    # --- input limits
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_image_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1024)
+    max_images_per_request: int = Field(32, ge=1)
+
+    # --- enrollment quality bars
+    enroll_min_face_size: int = Field(40, ge=1)
+    enroll_min_det_score: float = Field(0.8, ge=0.0, le=1.0)
+    enroll_min_sharpness: float = Field(10.0, ge=0.0)
+    enroll_max_yaw_deg: float = Field(45.0, ge=0.0, le=90.0)
+    enroll_max_pitch_deg: float = Field(40.0, ge=0.0, le=90.0)
+
+    # --- matching
+    threshold: str = "default"  # a named operating point of the pack (e.g. "far=1e-3") or a number
+    subject_score: SubjectScore = SubjectScore.MAX
+    identify_top_k: int = Field(5, ge=1, le=100)
+
+    # --- index
+    index_hnsw_min_size: int = Field(50_000, ge=1)  # exact IndexFlatIP below, HNSW from here on
+    hnsw_m: int = Field(32, ge=4, le=128)
+    hnsw_ef_construction: int = Field(80, ge=8)
+    hnsw_ef_search: int = Field(64, ge=8)
+    faiss_gpu: bool = True  # use faiss-gpu when it is installed and a GPU is present
+
+    @property
+    def pack_dir(self) -> Path:
+        return self.models_dir / self.pack
+
+
+def load_settings() -> Settings:
+    return Settings()
