@@ -1,0 +1,27 @@
+"""Shared fixtures: the real photos in ../shared and the default model pack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_FACES = REPO_ROOT.parent / "shared" / "data" / "faces"
+
+
+@pytest.fixture(scope="session")
+def shared_faces() -> Path:
+    """``../shared/data/faces`` beside the repo root; tests that need it skip when it is absent."""
+    if not SHARED_FACES.is_dir():
+        pytest.skip(f"shared face data not found at {SHARED_FACES} (expected beside the repo root)")
+    return SHARED_FACES
+
+
+@pytest.fixture(scope="session")
+def default_pack_dir() -> Path:
+    """The default pack in the configured models directory, built once if missing (cached)."""
+    from export.default_pack import build_default_pack
+    from service.settings import Settings
+
+    return build_default_pack(Settings().models_dir / "default")
