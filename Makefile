@@ -7,12 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install serve test lint typecheck pytest test-heavy pack bench bench-peer clean-venv
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/install.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip setuptools wheel
-	# torch first, pinned, so the CPU build on disk is used and nothing pulls a CUDA build.
-	$(BIN)/python -m pip install torch==2.13.0
-	$(BIN)/python -m pip install -e ".[export,dev,bench]"
+	# The pip steps live in scripts/install.sh, shared with docker/Dockerfile*: pip, then torch alone
+	# (pinned in pyproject's export extra, so the CPU build on disk is used), then the project.
+	scripts/install.sh --editable --extras export,dev,bench $(BIN)/python
 	touch $(STAMP)
 
 ## install: create .venv and install the project with its export and dev extras (nothing else)
