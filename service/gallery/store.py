@@ -1,0 +1,644 @@
+"""GalleryStore: the gallery's source of truth, in SQLite (WAL, synchronous=FULL).
+
+Durability: in WAL mode with ``synchronous=FULL`` SQLite fsyncs the write-ahead log before a commit
+returns, so a face whose ``add_faces`` call returned survives a process crash and a power loss.
+(``NORMAL`` would be faster but may lose the last commits on power loss.) The FAISS index is only
+a cache rebuilt from here.
+
+Every face has an integer ``index_id`` (``INTEGER PRIMARY KEY AUTOINCREMENT``): the FAISS id.
+AUTOINCREMENT never reuses an id, even after deletes, so a stale index entry can never be mistaken
+for a newer face.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from service.pipeline.types import EmbeddedFace, FloatArray, ImageArray
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    schema_version INTEGER NOT NULL,
+    pack_id TEXT NOT NULL,
+    embedding_size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS subjects (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- creation order: the stable pagination key
+    id TEXT NOT NULL UNIQUE,                 -- uuid4, the public id
+    name TEXT NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}',     -- JSON object
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS faces (
+    index_id INTEGER PRIMARY KEY AUTOINCREMENT,  -- the FAISS id; never reused
+    id TEXT NOT NULL UNIQUE,                     -- uuid4, the public id
+    subject_id TEXT NOT NULL REFERENCES subjects(id) ON DELETE CASCADE,
+    embedding BLOB NOT NULL,                     -- float32 little-endian, embedding_size values
+    pack_id TEXT NOT NULL,
+    det_score REAL NOT NULL,
+    quality TEXT NOT NULL DEFAULT '{}',          -- JSON object
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS faces_by_subject ON faces(subject_id, index_id);
+-- Crops live apart from faces so that re-embedding (which rewrites every embedding) does not
+-- rewrite every crop, and listing faces never pages through image data.
+CREATE TABLE IF NOT EXISTS face_crops (
+    index_id INTEGER PRIMARY KEY REFERENCES faces(index_id) ON DELETE CASCADE,
+    png BLOB NOT NULL,                           -- the crop, PNG (RGB)
+    landmarks TEXT NOT NULL                      -- JSON [[x, y] * 5]: the face's 5 points in the crop
+);
+"""
+
+IntArray = npt.NDArray[np.int64]
+
+
+class GalleryError(Exception):
+    """Base of the gallery's errors."""
+
+
+class SubjectNotFoundError(GalleryError, LookupError):
+    def __init__(self, subject_id: str) -> None:
+        super().__init__(f"no subject with id {subject_id!r}")
+        self.subject_id = subject_id
+
+
+class FaceNotFoundError(GalleryError, LookupError):
+    def __init__(self, face_id: str) -> None:
+        super().__init__(f"no face with id {face_id!r}")
+        self.face_id = face_id
+
+
+class InvalidCursorError(GalleryError, ValueError):
+    pass
+
+
+class EmbeddingSizeError(GalleryError, ValueError):
+    pass
+
+
+class SchemaVersionError(GalleryError):
+    pass
+
+
+class PackMismatchError(GalleryError):
+    """The gallery's embeddings come from another pack: they are not comparable with this one's."""
+
+    def __init__(self, path: Path, gallery_pack: str, service_pack: str, detail: str = "") -> None:
+        message = (
+            f"the gallery at {path} holds embeddings from pack {gallery_pack!r}, but the service runs "
+            f"pack {service_pack!r}{detail}. Embeddings of different packs cannot be compared: run "
+            f"`face-service reembed --pack {service_pack}` to re-embed the gallery's stored crops with "
+            f"the new pack, or set FACE_PACK={gallery_pack} to keep using the old one."
+        )
+        super().__init__(message)
+        self.gallery_pack = gallery_pack
+        self.service_pack = service_pack
+
+
+@dataclass(frozen=True)
+class PackPin:
+    pack_id: str
+    embedding_size: int
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class Subject:
+    id: str
+    name: str
+    metadata: dict[str, Any]
+    created_at: str
+    updated_at: str
+    face_count: int = 0
+
+
+@dataclass(frozen=True)
+class SubjectPage:
+    items: list[Subject]
+    next_cursor: str | None  # None: this was the last page
+
+
+@dataclass(frozen=True)
+class StoredCrop:
+    image: ImageArray  # RGB uint8
+    landmarks: FloatArray  # (5, 2): the face's five points in crop pixels (manifest order)
+
+
+@dataclass(frozen=True)
+class NewFace:
+    """A face to enroll: its embedding and, optionally, a crop that can be re-embedded later."""
+
+    embedding: FloatArray  # (D,) float32, unit norm
+    det_score: float
+    quality: Mapping[str, float] = field(default_factory=dict)
+    crop: StoredCrop | None = None
+
+    @classmethod
+    def from_embedded(cls, face: EmbeddedFace, crop: StoredCrop | None = None) -> NewFace:
+        return cls(face.embedding, face.face.score, dataclasses.asdict(face.quality), crop)
+
+
+@dataclass(frozen=True)
+class FaceRecord:
+    id: str
+    index_id: int
+    subject_id: str
+    pack_id: str
+    det_score: float
+    quality: dict[str, float]
+    created_at: str
+    has_crop: bool
+
+
+@dataclass(frozen=True)
+class FaceRef:
+    id: str
+    index_id: int
+
+
+@dataclass(frozen=True)
+class FaceOwner:
+    """Who a FAISS id belongs to (for turning search hits into candidates)."""
+
+    index_id: int
+    face_id: str
+    subject_id: str
+    subject_name: str
+
+
+@dataclass(frozen=True)
+class GalleryCounts:
+    subjects: int
+    faces: int
+
+
+def encode_png(image: ImageArray) -> bytes:
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"could not PNG-encode an image of shape {image.shape}")
+    return encoded.tobytes()
+
+
+def decode_png(data: bytes) -> ImageArray:
+    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise ValueError("stored crop is not a readable PNG")
+    return np.asarray(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), dtype=np.uint8)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not text.startswith("s"):
+            raise ValueError(text)
+        return int(text[1:])
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidCursorError(f"invalid pagination cursor {cursor!r}") from None
+
+
+class GalleryStore:
+    """SQLite access for the gallery. Thread-safe: one connection, used under an internal lock."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = Path(path)
+        self._lock = threading.RLock()
+        # isolation_level=None: no implicit transactions; every write is an explicit BEGIN…COMMIT.
+        self._conn = sqlite3.connect(
+            self._path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        self._conn.row_factory = sqlite3.Row
+        self._configure()
+        self._create_schema()
+
+    # ------------------------------------------------------------------ setup
+
+    def _configure(self) -> None:
+        mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise GalleryError(f"could not put {self._path} in WAL mode (got {mode!r})")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+    def _create_schema(self) -> None:
+        with self._lock:
+            # executescript commits on its own; the statements are idempotent (IF NOT EXISTS).
+            self._conn.executescript(_SCHEMA)
+            row = self._conn.execute("SELECT schema_version FROM meta").fetchone()
+            if row is not None and row[0] > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{self._path} has gallery schema version {row[0]}; this service understands "
+                    f"up to {SCHEMA_VERSION}: upgrade the service"
+                )
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT, rolled back on any exception: all or nothing."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ pack pin
+
+    def pinned_pack(self) -> PackPin | None:
+        with self._lock:
+            row = self._conn.execute("SELECT schema_version, pack_id, embedding_size FROM meta").fetchone()
+        if row is None:
+            return None
+        return PackPin(pack_id=row["pack_id"], embedding_size=row["embedding_size"], schema_version=row[0])
+
+    def pin(self, pack_id: str, embedding_size: int) -> PackPin:
+        """Pin a new gallery to ``pack_id``, or check that an existing one already is."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT pack_id, embedding_size FROM meta").fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO meta (singleton, schema_version, pack_id, embedding_size) "
+                    "VALUES (1, ?, ?, ?)",
+                    (SCHEMA_VERSION, pack_id, embedding_size),
+                )
+                return PackPin(pack_id, embedding_size)
+        if row["pack_id"] != pack_id:
+            raise PackMismatchError(self._path, row["pack_id"], pack_id)
+        if row["embedding_size"] != embedding_size:
+            raise PackMismatchError(
+                self._path,
+                row["pack_id"],
+                pack_id,
+                f" (same id, but {row['embedding_size']}-d stored vs {embedding_size}-d now: "
+                "the pack changed)",
+            )
+        return PackPin(pack_id, embedding_size)
+
+    def _require_pin(self) -> PackPin:
+        pin = self.pinned_pack()
+        if pin is None:
+            raise GalleryError(f"{self._path} is not pinned to a pack yet (call pin() first)")
+        return pin
+
+    # ------------------------------------------------------------------ subjects
+
+    def create_subject(self, name: str, metadata: Mapping[str, Any] | None = None) -> Subject:
+        subject_id = str(uuid.uuid4())
+        now = _now()
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO subjects (id, name, metadata, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (subject_id, name, json.dumps(dict(metadata or {})), now, now),
+            )
+        return Subject(subject_id, name, dict(metadata or {}), now, now, 0)
+
+    _SUBJECT_COLUMNS = (
+        "s.seq, s.id, s.name, s.metadata, s.created_at, s.updated_at, "
+        "(SELECT COUNT(*) FROM faces f WHERE f.subject_id = s.id) AS face_count"
+    )
+
+    def get_subject(self, subject_id: str) -> Subject:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {self._SUBJECT_COLUMNS} FROM subjects s WHERE s.id = ?", (subject_id,)
+            ).fetchone()
+        if row is None:
+            raise SubjectNotFoundError(subject_id)
+        return _subject(row)
+
+    def list_subjects(self, cursor: str | None = None, limit: int = 50) -> SubjectPage:
+        """Subjects in creation order; pass ``next_cursor`` back for the next page."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        after = _decode_cursor(cursor) if cursor else 0
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {self._SUBJECT_COLUMNS} FROM subjects s WHERE s.seq > ? ORDER BY s.seq LIMIT ?",
+                (after, limit + 1),
+            ).fetchall()
+        items = [_subject(row) for row in rows[:limit]]
+        next_cursor = _encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
+        return SubjectPage(items, next_cursor)
+
+    def update_subject(
+        self, subject_id: str, *, name: str | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> Subject:
+        with self._transaction() as conn:
+            row = conn.execute("SELECT name, metadata FROM subjects WHERE id = ?", (subject_id,)).fetchone()
+            if row is None:
+                raise SubjectNotFoundError(subject_id)
+            conn.execute(
+                "UPDATE subjects SET name = ?, metadata = ?, updated_at = ? WHERE id = ?",
+                (
+                    row["name"] if name is None else name,
+                    row["metadata"] if metadata is None else json.dumps(dict(metadata)),
+                    _now(),
+                    subject_id,
+                ),
+            )
+        return self.get_subject(subject_id)
+
+    def delete_subject(self, subject_id: str) -> list[FaceRef]:
+        """Delete a subject and (cascade) its faces; returns the deleted faces."""
+        with self._transaction() as conn:
+            faces = [
+                FaceRef(row["id"], row["index_id"])
+                for row in conn.execute("SELECT id, index_id FROM faces WHERE subject_id = ?", (subject_id,))
+            ]
+            if conn.execute("DELETE FROM subjects WHERE id = ?", (subject_id,)).rowcount == 0:
+                raise SubjectNotFoundError(subject_id)
+        return faces
+
+    # ------------------------------------------------------------------ faces
+
+    def add_faces(self, subject_id: str, faces: Sequence[NewFace]) -> list[FaceRecord]:
+        """Add all ``faces`` in one transaction: after an error, none of them is stored."""
+        pin = self._require_pin()
+        rows = [self._face_row(face, pin) for face in faces]
+        now = _now()
+        records: list[FaceRecord] = []
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM subjects WHERE id = ?", (subject_id,)).fetchone() is None:
+                raise SubjectNotFoundError(subject_id)
+            for face, (face_id, blob, quality_json, crop) in zip(faces, rows, strict=True):
+                cursor = conn.execute(
+                    "INSERT INTO faces (id, subject_id, embedding, pack_id, det_score, quality, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (face_id, subject_id, blob, pin.pack_id, float(face.det_score), quality_json, now),
+                )
+                index_id = int(cursor.lastrowid or 0)
+                if crop is not None:
+                    conn.execute(
+                        "INSERT INTO face_crops (index_id, png, landmarks) VALUES (?, ?, ?)",
+                        (index_id, *crop),
+                    )
+                records.append(
+                    FaceRecord(
+                        face_id,
+                        index_id,
+                        subject_id,
+                        pin.pack_id,
+                        float(face.det_score),
+                        json.loads(quality_json),
+                        now,
+                        crop is not None,
+                    )
+                )
+            conn.execute("UPDATE subjects SET updated_at = ? WHERE id = ?", (now, subject_id))
+        return records
+
+    def _face_row(self, face: NewFace, pin: PackPin) -> tuple[str, bytes, str, tuple[bytes, str] | None]:
+        # Validated and encoded before the transaction starts: a bad face fails fast, nothing held.
+        embedding = np.asarray(face.embedding, dtype="<f4")
+        if embedding.shape != (pin.embedding_size,):
+            raise EmbeddingSizeError(
+                f"embedding of shape {embedding.shape}; the gallery holds {pin.embedding_size}-d embeddings"
+            )
+        if not np.all(np.isfinite(embedding)):
+            raise EmbeddingSizeError("embedding has non-finite values")
+        quality = {key: float(value) for key, value in face.quality.items()}
+        crop: tuple[bytes, str] | None = None
+        if face.crop is not None:
+            landmarks = np.asarray(face.crop.landmarks, dtype=np.float64)
+            if landmarks.shape != (5, 2):
+                raise ValueError(f"crop landmarks must be (5, 2), got {landmarks.shape}")
+            crop = (encode_png(face.crop.image), json.dumps(landmarks.tolist()))
+        return str(uuid.uuid4()), embedding.tobytes(), json.dumps(quality), crop
+
+    _FACE_COLUMNS = (
+        "f.id, f.index_id, f.subject_id, f.pack_id, f.det_score, f.quality, f.created_at, "
+        "EXISTS (SELECT 1 FROM face_crops c WHERE c.index_id = f.index_id) AS has_crop"
+    )
+
+    def list_faces(self, subject_id: str) -> list[FaceRecord]:
+        with self._lock:
+            if self._conn.execute("SELECT 1 FROM subjects WHERE id = ?", (subject_id,)).fetchone() is None:
+                raise SubjectNotFoundError(subject_id)
+            rows = self._conn.execute(
+                f"SELECT {self._FACE_COLUMNS} FROM faces f WHERE f.subject_id = ? ORDER BY f.index_id",
+                (subject_id,),
+            ).fetchall()
+        return [_face_record(row) for row in rows]
+
+    def get_face(self, face_id: str) -> FaceRecord:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {self._FACE_COLUMNS} FROM faces f WHERE f.id = ?", (face_id,)
+            ).fetchone()
+        if row is None:
+            raise FaceNotFoundError(face_id)
+        return _face_record(row)
+
+    def get_crop(self, face_id: str) -> StoredCrop | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT c.png, c.landmarks FROM faces f LEFT JOIN face_crops c ON c.index_id = f.index_id "
+                "WHERE f.id = ?",
+                (face_id,),
+            ).fetchone()
+        if row is None:
+            raise FaceNotFoundError(face_id)
+        if row["png"] is None:
+            return None
+        return _crop(row["png"], row["landmarks"])
+
+    def delete_face(self, face_id: str, subject_id: str | None = None) -> FaceRef:
+        """Delete one face (of ``subject_id`` when given); raises FaceNotFoundError otherwise."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT index_id, subject_id FROM faces WHERE id = ?", (face_id,)).fetchone()
+            if row is None or (subject_id is not None and row["subject_id"] != subject_id):
+                raise FaceNotFoundError(face_id)
+            conn.execute("DELETE FROM faces WHERE id = ?", (face_id,))
+            conn.execute("UPDATE subjects SET updated_at = ? WHERE id = ?", (_now(), row["subject_id"]))
+        return FaceRef(face_id, row["index_id"])
+
+    def subject_embeddings(self, subject_id: str) -> FloatArray:
+        """(n, D) embeddings of one subject's faces; raises SubjectNotFoundError."""
+        pin = self._require_pin()
+        with self._lock:
+            if self._conn.execute("SELECT 1 FROM subjects WHERE id = ?", (subject_id,)).fetchone() is None:
+                raise SubjectNotFoundError(subject_id)
+            blobs = [
+                row[0]
+                for row in self._conn.execute(
+                    "SELECT embedding FROM faces WHERE subject_id = ? ORDER BY index_id", (subject_id,)
+                )
+            ]
+        return _matrix(blobs, pin.embedding_size)
+
+    def all_embeddings(self) -> tuple[IntArray, FloatArray]:
+        """Every face's (index_id, embedding), for rebuilding the index."""
+        pin = self._require_pin()
+        with self._lock:
+            rows = self._conn.execute("SELECT index_id, embedding FROM faces ORDER BY index_id").fetchall()
+        ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+        return ids, _matrix([row[1] for row in rows], pin.embedding_size)
+
+    def owners(self, index_ids: Sequence[int]) -> dict[int, FaceOwner]:
+        """The face and subject behind each FAISS id still present (deleted ones are absent)."""
+        unique = sorted({int(i) for i in index_ids if i >= 0})
+        owners: dict[int, FaceOwner] = {}
+        with self._lock:
+            for start in range(0, len(unique), 500):  # keep under SQLite's bound-parameter limit
+                chunk = unique[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in self._conn.execute(
+                    "SELECT f.index_id, f.id, f.subject_id, s.name FROM faces f "
+                    f"JOIN subjects s ON s.id = f.subject_id WHERE f.index_id IN ({marks})",
+                    chunk,
+                ):
+                    owners[row[0]] = FaceOwner(row[0], row[1], row[2], row[3])
+        return owners
+
+    def counts(self) -> GalleryCounts:
+        with self._lock:
+            subjects = self._conn.execute("SELECT COUNT(*) FROM subjects").fetchone()[0]
+            faces = self._conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
+        return GalleryCounts(int(subjects), int(faces))
+
+    # ------------------------------------------------------------------ re-embedding
+
+    def iter_crops(self, batch_size: int = 256) -> Iterator[list[tuple[int, StoredCrop]]]:
+        """Batches of (index_id, crop) for every face that has a crop, in index_id order."""
+        last = 0
+        while True:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT index_id, png, landmarks FROM face_crops "
+                    "WHERE index_id > ? ORDER BY index_id LIMIT ?",
+                    (last, batch_size),
+                ).fetchall()
+            if not rows:
+                return
+            yield [(row[0], _crop(row[1], row[2])) for row in rows]
+            last = rows[-1][0]
+
+    def faces_without_crop(self) -> list[FaceRef]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT f.id, f.index_id FROM faces f LEFT JOIN face_crops c ON c.index_id = f.index_id "
+                "WHERE c.index_id IS NULL ORDER BY f.index_id"
+            ).fetchall()
+        return [FaceRef(row[0], row[1]) for row in rows]
+
+    @contextmanager
+    def repinning(self, new_pin: PackPin, *, delete_unconverted: bool = False) -> Iterator[EmbeddingWriter]:
+        """Switch the gallery to another pack in ONE transaction (all or nothing).
+
+        The block writes every face's new embedding through the yielded writer; at its end the pin
+        moves to ``new_pin``. Faces left unconverted make the switch fail (rolled back), or are
+        deleted when ``delete_unconverted``. Reads inside the block still see the old embeddings
+        of faces not yet written.
+        """
+        old = self._require_pin()
+        if old.pack_id == new_pin.pack_id:
+            raise ValueError(f"the gallery is already pinned to {new_pin.pack_id!r}")
+        with self._transaction() as conn:
+            yield EmbeddingWriter(conn, new_pin)
+            # Faces still carrying another pack id were not re-embedded.
+            left = conn.execute(
+                "SELECT COUNT(*) FROM faces WHERE pack_id != ?", (new_pin.pack_id,)
+            ).fetchone()[0]
+            if left and not delete_unconverted:
+                raise GalleryError(f"{left} faces were not re-embedded; nothing was changed")
+            conn.execute("DELETE FROM faces WHERE pack_id != ?", (new_pin.pack_id,))
+            conn.execute(
+                "UPDATE meta SET pack_id = ?, embedding_size = ?, schema_version = ?",
+                (new_pin.pack_id, new_pin.embedding_size, SCHEMA_VERSION),
+            )
+
+
+class EmbeddingWriter:
+    """Writes new embeddings inside ``GalleryStore.repinning`` (its transaction is already open)."""
+
+    def __init__(self, conn: sqlite3.Connection, pin: PackPin) -> None:
+        self._conn = conn
+        self._pin = pin
+        self.written = 0
+
+    def write(self, index_ids: Sequence[int], embeddings: FloatArray) -> None:
+        matrix = np.asarray(embeddings, dtype="<f4")
+        if matrix.shape != (len(index_ids), self._pin.embedding_size) or not np.all(np.isfinite(matrix)):
+            raise EmbeddingSizeError(
+                f"need ({len(index_ids)}, {self._pin.embedding_size}) finite embeddings, got {matrix.shape}"
+            )
+        cursor = self._conn.executemany(
+            "UPDATE faces SET embedding = ?, pack_id = ? WHERE index_id = ?",
+            [(row.tobytes(), self._pin.pack_id, int(i)) for i, row in zip(index_ids, matrix, strict=True)],
+        )
+        if cursor.rowcount != len(index_ids):
+            raise GalleryError(f"{len(index_ids) - cursor.rowcount} of the re-embedded faces no longer exist")
+        self.written += len(index_ids)
+
+
+def _subject(row: sqlite3.Row) -> Subject:
+    return Subject(
+        id=row["id"],
+        name=row["name"],
+        metadata=json.loads(row["metadata"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        face_count=int(row["face_count"]),
+    )
+
+
+def _face_record(row: sqlite3.Row) -> FaceRecord:
+    return FaceRecord(
+        id=row["id"],
+        index_id=int(row["index_id"]),
+        subject_id=row["subject_id"],
+        pack_id=row["pack_id"],
+        det_score=float(row["det_score"]),
+        quality=json.loads(row["quality"]),
+        created_at=row["created_at"],
+        has_crop=bool(row["has_crop"]),
+    )
+
+
+def _crop(png: bytes, landmarks_json: str) -> StoredCrop:
+    return StoredCrop(decode_png(png), np.asarray(json.loads(landmarks_json), dtype=np.float32))
+
+
+def _matrix(blobs: Sequence[bytes], embedding_size: int) -> FloatArray:
+    matrix = np.empty((len(blobs), embedding_size), dtype=np.float32)
+    for row, blob in enumerate(blobs):
+        matrix[row] = np.frombuffer(blob, dtype="<f4")
+    return matrix

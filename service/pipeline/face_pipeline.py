@@ -1,0 +1,193 @@
+"""FacePipeline: detect → quality → align → embed, the one composition used everywhere.
+
+The API (async, micro-batched embedding) and the batch tools (face-eval, benchmarks; ``*_sync``)
+run the same steps through the same methods, so what is measured is what is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from service.pipeline.align import align_to_template
+from service.pipeline.batcher import MicroBatcher
+from service.pipeline.detect import DetectionOptions, FaceDetector, build_detector
+from service.pipeline.embed import Embedder
+from service.pipeline.quality import assess_quality
+from service.pipeline.runtime import RuntimeOptions, create_session
+from service.pipeline.types import DetectedFace, EmbeddedFace, FaceQuality, FloatArray, ImageArray
+
+if TYPE_CHECKING:
+    from service.packs.loader import LoadedPack
+    from service.packs.manifest import PackManifest
+    from service.settings import Settings
+
+# Stored crops keep this much extra context on each side (fraction of the chip's width/height), so
+# that re-embedding with a pack whose template crops looser still finds the face's surroundings.
+STORAGE_CROP_MARGIN = 0.25
+
+
+@dataclass(frozen=True)
+class _AlignedFace:
+    face: DetectedFace
+    quality: FaceQuality
+    chip: ImageArray
+
+
+class FacePipeline:
+    """A pack's detector and embedder sessions plus the micro-batcher; ``async with`` it to serve."""
+
+    def __init__(
+        self,
+        manifest: PackManifest,
+        detector: FaceDetector,
+        embedder: Embedder,
+        *,
+        providers: dict[str, list[str]],
+        batch_max_size: int = 32,
+        batch_max_wait_ms: float = 2.0,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self._manifest = manifest
+        self._detector = detector
+        self._embedder = embedder
+        self._providers = providers
+        self._template = np.asarray(manifest.embedder.template, dtype=np.float32)
+        self._batcher = MicroBatcher(
+            embedder.embed, max_batch_size=batch_max_size, max_wait_ms=batch_max_wait_ms, on_batch=on_batch
+        )
+
+    @classmethod
+    def from_pack(
+        cls, pack: LoadedPack, settings: Settings, *, on_batch: Callable[[int], None] | None = None
+    ) -> FacePipeline:
+        """Sessions for the pack's models on the configured device (RuntimeUnavailableError if absent)."""
+        runtime = RuntimeOptions.from_settings(settings)
+        detector_session = create_session(pack.detector_path, runtime)
+        embedder_session = create_session(pack.embedder_path, runtime)
+        detector = build_detector(
+            pack.manifest.detector, detector_session, DetectionOptions.from_settings(settings)
+        )
+        embedder = Embedder(embedder_session, pack.manifest.embedder, max_batch=settings.batch_max_size)
+        return cls(
+            pack.manifest,
+            detector,
+            embedder,
+            providers={
+                "detector": list(detector_session.get_providers()),
+                "embedder": list(embedder_session.get_providers()),
+            },
+            batch_max_size=settings.batch_max_size,
+            batch_max_wait_ms=settings.batch_max_wait_ms,
+            on_batch=on_batch,
+        )
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def manifest(self) -> PackManifest:
+        return self._manifest
+
+    @property
+    def pack_id(self) -> str:
+        return self._manifest.id
+
+    @property
+    def embedding_size(self) -> int:
+        return self._manifest.embedder.embedding_size
+
+    @property
+    def chip_size(self) -> tuple[int, int]:
+        """(width, height) of the aligned chips the embedder takes."""
+        return self._manifest.embedder.input_size
+
+    @property
+    def template(self) -> FloatArray:
+        """(5, 2) positions of the five landmarks on the chip."""
+        return self._template.copy()
+
+    @property
+    def providers(self) -> dict[str, list[str]]:
+        """Execution providers in use, per model role ("detector", "embedder")."""
+        return {role: list(names) for role, names in self._providers.items()}
+
+    # ------------------------------------------------------------------ lifecycle (async serving)
+
+    async def start(self) -> None:
+        await self._batcher.start()
+
+    async def stop(self) -> None:
+        await self._batcher.stop()
+
+    async def __aenter__(self) -> FacePipeline:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._batcher.stop(drain=exc_type is None)
+
+    # ------------------------------------------------------------------ steps
+
+    def detect(self, image: ImageArray) -> list[DetectedFace]:
+        """Faces in an RGB image, largest first (blocking: call it off the event loop)."""
+        return self._detector.detect(image)
+
+    def align(self, image: ImageArray, face: DetectedFace) -> ImageArray:
+        """The face's chip: aligned onto the pack's template at the embedder's input size."""
+        return align_to_template(image, face.landmarks, self._template, self.chip_size)
+
+    def storage_crop(self, image: ImageArray, face: DetectedFace) -> tuple[ImageArray, FloatArray]:
+        """A crop to keep with an enrolled face, and where its five landmarks lie in it.
+
+        The chip's geometry with ``STORAGE_CROP_MARGIN`` more context on every side: any pack can
+        be re-aligned from it later (``service.gallery.reembed``).
+        """
+        width, height = self.chip_size
+        margin = np.asarray([round(width * STORAGE_CROP_MARGIN), round(height * STORAGE_CROP_MARGIN)])
+        landmarks = (self._template + margin).astype(np.float32)
+        size = (width + 2 * int(margin[0]), height + 2 * int(margin[1]))
+        return align_to_template(image, face.landmarks, landmarks, size), landmarks
+
+    def embed_chips_sync(self, chips: Sequence[ImageArray]) -> FloatArray:
+        """(N, D) unit embeddings of aligned chips, computed now in this thread."""
+        return self._embedder.embed(chips)
+
+    async def embed_chips(self, chips: Sequence[ImageArray]) -> FloatArray:
+        """(N, D) unit embeddings of aligned chips, through the shared micro-batcher."""
+        return await self._batcher.embed(chips)
+
+    def analyze_sync(self, image: ImageArray, *, max_faces: int | None = None) -> list[EmbeddedFace]:
+        """Every face (largest first, at most ``max_faces``) with its quality, chip and embedding."""
+        aligned = self._detect_and_align(image, max_faces)
+        return _embedded(aligned, self.embed_chips_sync([item.chip for item in aligned]))
+
+    async def analyze(self, image: ImageArray, *, max_faces: int | None = None) -> list[EmbeddedFace]:
+        """``analyze_sync`` for the event loop: detection in a thread, embedding micro-batched."""
+        aligned = await asyncio.to_thread(self._detect_and_align, image, max_faces)
+        if not aligned:
+            return []
+        return _embedded(aligned, await self.embed_chips([item.chip for item in aligned]))
+
+    def _detect_and_align(self, image: ImageArray, max_faces: int | None) -> list[_AlignedFace]:
+        if max_faces is not None and max_faces < 1:
+            raise ValueError(f"max_faces must be >= 1, got {max_faces}")
+        faces = self.detect(image)[:max_faces]
+        aligned = []
+        for face in faces:
+            chip = self.align(image, face)
+            aligned.append(_AlignedFace(face, assess_quality(face, chip), chip))
+        return aligned
+
+
+def _embedded(aligned: Sequence[_AlignedFace], embeddings: FloatArray) -> list[EmbeddedFace]:
+    return [
+        EmbeddedFace(face=item.face, quality=item.quality, chip=item.chip, embedding=embedding)
+        for item, embedding in zip(aligned, embeddings, strict=True)
+    ]

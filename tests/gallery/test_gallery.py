@@ -1,0 +1,264 @@
+"""Gallery: identify/verify semantics, store+index consistency, reopen, locking, concurrency, crashes."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.gallery.gallery import EmptySubjectError, Gallery, GalleryLockedError
+from service.gallery.index import IndexKind
+from service.gallery.store import EmbeddingSizeError, NewFace, PackMismatchError, SubjectNotFoundError
+from service.settings import Settings, SubjectScore
+from tests.gallery.conftest import unit_vectors
+
+DIM = 64
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _settings(index_hnsw_min_size: int = 10**6) -> Settings:
+    return Settings(index_hnsw_min_size=index_hnsw_min_size, faiss_gpu=False)
+
+
+@pytest.fixture
+def gallery(tmp_path: Path) -> Iterator[Gallery]:
+    opened = Gallery.open(tmp_path / "data", "pack-a", DIM, _settings())
+    yield opened
+    opened.close()
+
+
+def _near(query: np.ndarray, cosine: float, seed: int) -> np.ndarray:
+    """A unit vector whose cosine similarity with the unit vector ``query`` is exactly ``cosine``."""
+    other = unit_vectors(1, DIM, seed)[0]
+    orthogonal = other - (other @ query) * query
+    orthogonal /= np.linalg.norm(orthogonal)
+    return (cosine * query + np.sqrt(1 - cosine**2) * orthogonal).astype(np.float32)
+
+
+def _enroll(gallery: Gallery, name: str, vectors: list[np.ndarray] | np.ndarray) -> str:
+    subject = gallery.create_subject(name)
+    gallery.add_faces(subject.id, [NewFace(v, det_score=0.99) for v in vectors])
+    return subject.id
+
+
+def test_identify_ranks_subjects_not_faces(gallery: Gallery) -> None:
+    query = unit_vectors(1, DIM, 0)[0]
+    # 40 faces of one subject crowd the top face hits: the over-fetch must still reach the others.
+    crowd = _enroll(gallery, "crowd", [_near(query, 0.95 - i / 1000, seed=100 + i) for i in range(40)])
+    second = _enroll(gallery, "second", [_near(query, 0.7, seed=1)])
+    third = _enroll(gallery, "third", [_near(query, 0.5, seed=2), _near(query, 0.2, seed=3)])
+    _enroll(gallery, "far", [_near(query, -0.3, seed=4)])
+
+    (candidates,) = gallery.identify(query[None], top_k=3)
+    assert [c.subject_id for c in candidates] == [crowd, second, third]
+    assert [c.name for c in candidates] == ["crowd", "second", "third"]
+    np.testing.assert_allclose([c.similarity for c in candidates], [0.95, 0.7, 0.5], atol=1e-5)
+    best_face = gallery.list_faces(crowd)[0].id
+    assert candidates[0].face_id == best_face
+
+    (above,) = gallery.identify(query[None], top_k=10, threshold=0.6)
+    assert [c.subject_id for c in above] == [crowd, second]
+
+
+def test_mean_scoring_uses_all_of_a_subjects_faces(gallery: Gallery) -> None:
+    query = unit_vectors(1, DIM, 10)[0]
+    spiky = _enroll(gallery, "spiky", [_near(query, 0.9, 11), _near(query, 0.1, 12), _near(query, 0.1, 13)])
+    steady = _enroll(gallery, "steady", [_near(query, 0.8, 14), _near(query, 0.8, 15)])
+    (by_max,) = gallery.identify(query[None], top_k=2, subject_score=SubjectScore.MAX)
+    (by_mean,) = gallery.identify(query[None], top_k=2, subject_score=SubjectScore.MEAN)
+    assert [c.subject_id for c in by_max] == [spiky, steady]
+    assert [c.subject_id for c in by_mean] == [steady, spiky]
+    np.testing.assert_allclose([c.similarity for c in by_mean], [0.8, 1.1 / 3], atol=1e-5)
+    assert gallery.verify_against_subject(query, spiky) == pytest.approx(0.9, abs=1e-5)
+    assert gallery.verify_against_subject(query, spiky, SubjectScore.MEAN) == pytest.approx(1.1 / 3, abs=1e-5)
+
+
+def test_deleted_faces_and_subjects_are_never_returned(gallery: Gallery) -> None:
+    vectors = unit_vectors(30, DIM, 20)
+    subjects = [_enroll(gallery, f"s{i}", [v]) for i, v in enumerate(vectors)]
+    gallery.delete_subject(subjects[3])
+    face = gallery.list_faces(subjects[4])[0]
+    gallery.delete_face(face.id)
+    results = gallery.identify(vectors, top_k=5)
+    returned = {c.subject_id for row in results for c in row}
+    assert subjects[3] not in returned
+    assert subjects[4] not in returned
+    assert results[5][0].subject_id == subjects[5]
+    assert gallery.index_size == 28
+    assert gallery.counts().faces == 28
+
+
+def test_embeddings_of_the_wrong_shape_are_refused(gallery: Gallery) -> None:
+    subject = _enroll(gallery, "s", unit_vectors(1, DIM, 60))
+    with pytest.raises(EmbeddingSizeError):
+        gallery.identify(np.ones((2, DIM // 2), dtype=np.float32), top_k=1)  # same size, wrong shape
+    with pytest.raises(EmbeddingSizeError):
+        gallery.verify_against_subject(unit_vectors(2, DIM, 61), subject)
+    with pytest.raises(EmptySubjectError):
+        gallery.verify_against_subject(unit_vectors(1, DIM, 62)[0], gallery.create_subject("empty").id)
+    with pytest.raises(SubjectNotFoundError):
+        gallery.verify_against_subject(unit_vectors(1, DIM, 62)[0], "missing")
+
+
+def test_reopen_rebuilds_the_index_from_sqlite(tmp_path: Path) -> None:
+    vectors = unit_vectors(12, DIM, 30)
+    with Gallery.open(tmp_path, "pack-a", DIM, _settings()) as first:
+        ids = [_enroll(first, f"s{i}", [v]) for i, v in enumerate(vectors)]
+        assert first.index_kind is IndexKind.FLAT
+    with Gallery.open(tmp_path, "pack-a", DIM, _settings(index_hnsw_min_size=10)) as second:
+        assert second.index_kind is IndexKind.HNSW
+        assert second.index_size == 12
+        assert [row[0].subject_id for row in second.identify(vectors, top_k=1)] == ids
+    with pytest.raises(PackMismatchError, match="reembed"):
+        Gallery.open(tmp_path, "pack-b", DIM, _settings())
+
+
+def test_one_process_at_a_time(tmp_path: Path) -> None:
+    with Gallery.open(tmp_path, "pack-a", DIM, _settings()), pytest.raises(GalleryLockedError):
+        Gallery.open(tmp_path, "pack-a", DIM, _settings())
+    Gallery.open(tmp_path, "pack-a", DIM, _settings()).close()  # released on close
+
+
+def test_an_index_failure_after_commit_is_repaired_from_sqlite(gallery: Gallery, monkeypatch) -> None:
+    vectors = unit_vectors(3, DIM, 40)
+    first = _enroll(gallery, "first", vectors[:1])
+    calls = []
+
+    def broken_add(ids, vectors):
+        calls.append(ids)
+        raise MemoryError("simulated allocation failure in faiss")
+
+    monkeypatch.setattr(gallery._index, "add", broken_add)
+    second = _enroll(gallery, "second", vectors[1:2])  # committed, then the index add fails
+    monkeypatch.undo()
+    assert calls  # the failure really happened
+    assert gallery.index_size == 2
+    assert [row[0].subject_id for row in gallery.identify(vectors[:2], top_k=1)] == [first, second]
+
+
+@pytest.mark.parametrize("hnsw_min_size", [10**6, 1], ids=["flat", "hnsw"])
+def test_concurrent_writers_and_readers_see_every_acknowledged_face(
+    tmp_path: Path, hnsw_min_size: int
+) -> None:
+    gallery = Gallery.open(tmp_path, "pack-a", DIM, _settings(index_hnsw_min_size=hnsw_min_size))
+    vectors = unit_vectors(120, DIM, 50)
+    acknowledged: list[tuple[int, str]] = []  # (vector row, subject id), appended after add returns
+    deleting: list[str] = []
+    deleted: list[str] = []
+    errors: list[BaseException] = []
+    writers_done = threading.Event()
+
+    def writer(rows: range) -> None:
+        try:
+            for row in rows:
+                subject = _enroll(gallery, f"s{row}", vectors[row : row + 1])
+                acknowledged.append((row, subject))
+                if row % 7 == 0:
+                    deleting.append(subject)  # announced first: a reader may miss it from now on
+                    gallery.delete_subject(subject)
+                    deleted.append(subject)
+        except BaseException as error:
+            errors.append(error)
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            while not writers_done.is_set():
+                known = list(acknowledged)  # everything acknowledged before this search began
+                gone = set(deleted)
+                if not known:
+                    continue
+                sample = rng.sample(known, min(8, len(known)))
+                results = gallery.identify(vectors[[row for row, _ in sample]], top_k=3)
+                for (_row, subject), candidates in zip(sample, results, strict=True):
+                    assert not gone & {c.subject_id for c in candidates}, "a deleted subject came back"
+                    if subject not in set(deleting):
+                        assert candidates, "an acknowledged face was missed"
+                        assert candidates[0].subject_id == subject, "an acknowledged face was missed"
+                        assert candidates[0].similarity == pytest.approx(1.0, abs=1e-4)
+        except BaseException as error:
+            errors.append(error)
+
+    writers = [threading.Thread(target=writer, args=(range(i, 120, 3),)) for i in range(3)]
+    readers = [threading.Thread(target=reader, args=(i,)) for i in range(3)]
+    for thread in writers + readers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    writers_done.set()
+    for thread in readers:
+        thread.join()
+    assert not errors, errors[0]
+    assert gallery.counts().faces == gallery.index_size == 120 - len(deleted)
+    gallery.close()
+
+
+CRASH_CHILD = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from service.gallery.gallery import Gallery
+    from service.gallery.store import NewFace
+    from service.settings import Settings
+
+    gallery = Gallery.open(sys.argv[1], "pack-a", 64, Settings(faiss_gpu=False))
+    first = int(sys.argv[2])
+    for i in range(first, first + 100000):
+        vector = np.random.default_rng(i).standard_normal(64).astype(np.float32)
+        subject = gallery.create_subject(f"s{i}")
+        records = gallery.add_faces(subject.id, [NewFace(vector, 0.9), NewFace(-vector, 0.9)])
+        print(i, subject.id, " ".join(r.id for r in records), flush=True)  # the acknowledgement
+    """
+)
+
+
+def _crash_once(data_dir: Path, acknowledgements: int, first_seed: int = 0) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASH_CHILD, str(data_dir), str(first_seed)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    acked: list[tuple[int, str, list[str]]] = []
+    assert child.stdout is not None
+    deadline = time.monotonic() + 120
+    while len(acked) < acknowledgements and time.monotonic() < deadline:
+        line = child.stdout.readline()
+        if not line:
+            break
+        seed, subject, *faces = line.split()
+        acked.append((int(seed), subject, faces))
+    os.kill(child.pid, signal.SIGKILL)  # mid-write: the child is adding more faces right now
+    child.wait()
+    assert len(acked) >= acknowledgements, "the child died before acknowledging enough faces"
+
+    with Gallery.open(data_dir, "pack-a", 64, _settings()) as reopened:
+        assert reopened.index_size == reopened.counts().faces
+        for _, subject, faces in acked:
+            assert [f.id for f in reopened.list_faces(subject)] == faces
+        numbers = [number for number, _, _ in acked]
+        queries = np.stack([np.random.default_rng(n).standard_normal(64).astype(np.float32) for n in numbers])
+        found = reopened.identify(queries, top_k=1)
+        assert [row[0].subject_id for row in found] == [subject for _, subject, _ in acked]
+
+
+def test_acknowledged_faces_survive_sigkill(tmp_path: Path) -> None:
+    _crash_once(tmp_path, acknowledgements=30)
+
+
+@pytest.mark.heavy
+def test_acknowledged_faces_survive_repeated_sigkills(tmp_path: Path) -> None:
+    if os.environ.get("FACE_HEAVY") != "1":
+        pytest.skip("set FACE_HEAVY=1 (make test-heavy) for the 20-crash run")
+    for run in range(20):
+        _crash_once(tmp_path, acknowledgements=random.randint(5, 60), first_seed=run * 1_000_000)
