@@ -1,0 +1,279 @@
+"""``face-export``: build and check model packs.
+
+Subcommands: ``export`` (a registered backbone checkpoint -> pack), ``default-pack`` (the offline
+default pack, cached), ``insightface-pack`` (manifest for a local insightface pack), ``verify``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from export.onnx_export import ExportError
+from export.parity import ParityError
+from service.packs.loader import PackError, load_pack
+from service.packs.manifest import Calibration, OperatingPoint, Provenance
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from export.pack_writer import ChipConvention
+
+
+FACE_TRAIN_FORMAT_PREFIX = "face-train-checkpoint/"
+# A threshold nobody measured yet: cosine similarity in the usual range of margin-trained models.
+PROVISIONAL_THRESHOLD = 0.3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except (PackError, ParityError, ExportError, FileNotFoundError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"face-export {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="face-export", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    export = sub.add_parser("export", help="export a backbone checkpoint (PyTorch) into a pack")
+    export.add_argument("--backbone", required=True, help="registered backbone name, e.g. iresnet50")
+    export.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="arcface_torch backbone.pth, a face-train checkpoint, or a state dict (.pth/.pt)",
+    )
+    export.add_argument("--out", required=True, type=Path, help="pack folder to write (replaced atomically)")
+    export.add_argument("--embedding-size", type=int, default=None, help="default: the backbone's")
+    export.add_argument(
+        "--template",
+        choices=sorted(_chip_conventions()),
+        default=None,
+        help="chip geometry and normalization: arcface112 = insightface 112×112, RGB (x-127.5)/127.5; "
+        "dlib150 = dlib chips. Default: what a face-train checkpoint records, else arcface112",
+    )
+    export.add_argument("--fp16", action="store_true", help="also write an fp16 copy (float32 in/out)")
+    export.add_argument("--flip", action="store_true", help="declare flip augmentation in the manifest")
+    export.add_argument("--parity-images", type=Path, default=None, help="folder of aligned chips for parity")
+    export.add_argument(
+        "--threshold", type=float, default=PROVISIONAL_THRESHOLD, help="default cosine threshold"
+    )
+    export.add_argument("--license", default="unspecified", help="license of the weights (recorded)")
+    export.add_argument(
+        "--source", default=None, help="where the weights came from (default: checkpoint name)"
+    )
+    export.add_argument("--id-prefix", default=None, help="pack id prefix (default: the backbone name)")
+    export.set_defaults(handler=_cmd_export)
+
+    default = sub.add_parser("default-pack", help="build the default pack offline (cached, idempotent)")
+    default.add_argument("--out", type=Path, default=None, help="default: $FACE_MODELS_DIR/default")
+    default.add_argument("--force", action="store_true", help="rebuild even when the pack verifies")
+    default.set_defaults(handler=_cmd_default_pack)
+
+    insight = sub.add_parser("insightface-pack", help="write manifest.json for an insightface pack folder")
+    insight.add_argument("dir", type=Path)
+    insight.set_defaults(handler=_cmd_insightface_pack)
+
+    verify = sub.add_parser("verify", help="check a pack's manifest and every file's sha256")
+    verify.add_argument("dir", type=Path)
+    verify.set_defaults(handler=_cmd_verify)
+    return parser
+
+
+def _arcface112() -> ChipConvention:
+    from export.pack_writer import arcface112_convention
+
+    return arcface112_convention()
+
+
+def _dlib150() -> ChipConvention:
+    from export.default_pack import dlib150_convention
+
+    return dlib150_convention()
+
+
+def _chip_conventions() -> Mapping[str, Callable[[], ChipConvention]]:
+    """``--template`` choices; each builds its ``ChipConvention`` (and imports torch) only when chosen."""
+    return MappingProxyType({"arcface112": _arcface112, "dlib150": _dlib150})
+
+
+@dataclass(frozen=True)
+class CheckpointContents:
+    """A backbone state dict and what its checkpoint says about it (face-train records it all)."""
+
+    state_dict: dict[str, Any]
+    backbone: str | None = None
+    embedding_size: int | None = None
+    convention: ChipConvention | None = None  # face-train's preprocessing, when it aligned chips
+
+
+def read_checkpoint(checkpoint: Path) -> CheckpointContents:
+    """Read a backbone checkpoint: arcface_torch's bare ``backbone.pth``, a ``face-train`` checkpoint
+    (weights under "model", backbone and preprocessing recorded), or a state dict nested under
+    "state_dict" or "model". A "module." prefix (DistributedDataParallel) is removed.
+    """
+    import torch
+
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} not found")
+    try:
+        data = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors for unreadable files
+        raise ExportError(f"cannot read checkpoint {checkpoint}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ExportError(f"{checkpoint} holds a {type(data).__name__}, not a state dict")
+    if str(data.get("format", "")).startswith(FACE_TRAIN_FORMAT_PREFIX):
+        return _face_train_contents(data, checkpoint)
+    for key in ("state_dict", "model"):
+        if isinstance(data.get(key), dict):
+            data = data[key]
+            break
+    return CheckpointContents(state_dict=_strip_module_prefix(data))
+
+
+def _face_train_contents(data: dict[str, Any], checkpoint: Path) -> CheckpointContents:
+    from models.training.alignment import scaled_template
+    from service.packs.manifest import ColorOrder, PixelNormalization, TemplateDerivation
+
+    spec, prep = data["backbone"], data["preprocessing"]
+    input_size = (int(spec["input_size"][0]), int(spec["input_size"][1]))
+    convention = None
+    if prep.get("template"):
+        from export.pack_writer import ChipConvention, five_point_template
+
+        convention = ChipConvention(
+            name=f"face-train:{prep['template']}",
+            input_size=input_size,
+            template=five_point_template(scaled_template(prep["template"], input_size).tolist()),
+            template_derivation=TemplateDerivation(
+                method=f"face-train template {prep['template']!r} scaled to {input_size[0]}×{input_size[1]}",
+                data=f"recorded in {checkpoint.name}",
+            ),
+            normalization=PixelNormalization(
+                color_order=ColorOrder(prep["color_order"]), mean=tuple(prep["mean"]), std=tuple(prep["std"])
+            ),
+        )
+    return CheckpointContents(
+        state_dict=_strip_module_prefix(data["model"]),
+        backbone=str(spec["name"]),
+        embedding_size=int(spec["embedding_size"]),
+        convention=convention,
+    )
+
+
+def _strip_module_prefix(state: dict[str, Any]) -> dict[str, Any]:
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def load_backbone_checkpoint(name: str, checkpoint: Path, *, embedding_size: int) -> nn.Module:
+    """Build backbone ``name`` and load the checkpoint's weights strictly; eval mode."""
+    return _build_with_weights(name, read_checkpoint(checkpoint).state_dict, embedding_size, checkpoint)
+
+
+def _build_with_weights(name: str, state: dict[str, Any], embedding_size: int, checkpoint: Path) -> nn.Module:
+    from models.registry import build_backbone
+
+    model = build_backbone(name, embedding_size=embedding_size)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ExportError(f"{checkpoint} does not fit backbone {name} ({embedding_size}-d): {exc}") from exc
+    return model.eval()
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from export.pack_writer import EmbedderPackRequest, write_embedder_pack
+    from export.retinaface_extract import write_retinaface_onnx
+    from models.registry import backbone_entry
+    from models.training import small_backbone  # noqa: F401  (registers face-train's iresnet_tiny)
+
+    entry = backbone_entry(args.backbone)
+    contents = read_checkpoint(args.checkpoint)
+    if contents.backbone is not None and contents.backbone != args.backbone:
+        raise ExportError(f"{args.checkpoint} was trained as {contents.backbone}, not {args.backbone}")
+    if args.template is not None:
+        convention = _chip_conventions()[args.template]()
+    else:
+        # A face-train checkpoint declares its own chips; otherwise insightface's 112×112 ArcFace chips.
+        convention = contents.convention or _chip_conventions()["arcface112"]()
+    if convention.input_size != entry.input_size:
+        raise ExportError(
+            f"backbone {args.backbone} takes {entry.input_size} inputs but template {convention.name} "
+            f"makes {convention.input_size} chips"
+        )
+    embedding_size = args.embedding_size or contents.embedding_size or entry.default_embedding_size
+    torch.set_grad_enabled(False)
+    model = _build_with_weights(args.backbone, contents.state_dict, embedding_size, args.checkpoint)
+    result = write_embedder_pack(
+        model,
+        EmbedderPackRequest(
+            out_dir=args.out,
+            convention=convention,
+            embedding_size=embedding_size,
+            id_prefix=args.id_prefix or args.backbone,
+            description=f"{args.backbone} ({embedding_size}-d) from {args.checkpoint.name}, "
+            f"{convention.name} chips, RetinaFace MobileNet-0.25 detector",
+            provenance=Provenance(
+                source=args.source or f"checkpoint {args.checkpoint.name}", license=args.license
+            ),
+            calibration=Calibration(
+                operating_points={
+                    "default": OperatingPoint(
+                        threshold=args.threshold,
+                        source="given to face-export export; not calibrated: run `face-eval calibrate`",
+                    )
+                }
+            ),
+            write_detector=write_retinaface_onnx,
+            flip_augmentation=args.flip,
+            fp16=args.fp16,
+            parity_images=args.parity_images,
+            created_by=f"face-export export --backbone {args.backbone}",
+        ),
+    )
+    print(f"pack {result.manifest.id} written to {result.pack_dir}")
+    return 0
+
+
+def _cmd_default_pack(args: argparse.Namespace) -> int:
+    from export.default_pack import build_default_pack
+    from service.settings import Settings
+
+    out = args.out if args.out is not None else Settings().models_dir / "default"
+    pack_dir = build_default_pack(out, force=args.force)
+    print(f"default pack {load_pack(pack_dir, verify=False).manifest.id} ready in {pack_dir}")
+    return 0
+
+
+def _cmd_insightface_pack(args: argparse.Namespace) -> int:
+    from service.packs.insightface import write_insightface_manifest
+
+    path = write_insightface_manifest(args.dir)
+    pack = load_pack(args.dir, verify=True)
+    print(f"wrote {path} (pack {pack.manifest.id}); every file's sha256 verified")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    pack = load_pack(args.dir, verify=True)
+    print(f"pack {pack.manifest.id} in {pack.dir}: {len(pack.manifest.files)} files, every sha256 matches")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
