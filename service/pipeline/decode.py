@@ -15,6 +15,7 @@ first; any ``DecompressionBombError``/``Warning`` Pillow might still raise later
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Final
@@ -118,7 +119,14 @@ def _first_accepting(prefix: bytes, formats: tuple[str, ...]) -> str | None:
     for name in formats:
         _, accept = Image.OPEN[name]
         # ``accept`` may return a warning string ("maybe this format"): only a plain True counts.
-        if accept is not None and accept(prefix) is True:
+        if accept is None:
+            continue
+        try:
+            accepted = accept(prefix)
+        except (struct.error, IndexError, ValueError):
+            # Some of Pillow's signature checks assume a few bytes exist; a shorter prefix is no match.
+            continue
+        if accepted is True:
             return name
     return None
 

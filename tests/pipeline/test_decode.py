@@ -177,7 +177,9 @@ def test_pixel_limit_is_inclusive(photo: Image.Image) -> None:
     assert error.value.code == "too_many_pixels"
 
 
-@pytest.mark.parametrize("data", [b"hello, this is plain text", bytes(200), b"%PDF-1.7\n" + bytes(100)])
+@pytest.mark.parametrize(
+    "data", [b"hello, this is plain text", bytes(200), b"%PDF-1.7\n" + bytes(100), b"\x00", b"ab", b"abc"]
+)
 def test_not_an_image(data: bytes) -> None:
     with pytest.raises(ImageDecodeError) as error:
         decode_image(data, **LIMITS)

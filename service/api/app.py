@@ -1,0 +1,89 @@
+"""The app factory: ``create_app(settings)``; everything stateful is built and torn down by the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.concurrency import run_in_threadpool
+
+from service.api.domain_errors import install_domain_error_handlers
+from service.api.errors import install_error_handlers
+from service.api.metrics import ApiMetrics, MetricsMiddleware
+from service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from service.api.routes import detect, embed, faces, health, identify, info, keys, subjects, verify
+from service.api.startup import build_services
+from service.api.state import AppServices
+from service.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+API_TITLE = "face-service"
+API_VERSION = "1"
+
+_ROUTERS = (
+    health.router,
+    info.router,
+    detect.router,
+    embed.router,
+    verify.router,
+    identify.router,
+    subjects.router,
+    faces.router,
+    keys.router,
+)
+
+
+def create_app(settings: Settings | None = None, *, services: AppServices | None = None) -> FastAPI:
+    """A new app. ``services`` are prebuilt ones (the CLI builds them first to fail fast with a clear
+    message); without them the lifespan builds them from ``settings``. Either way the lifespan owns
+    them: it starts the embedding batcher and closes the gallery at shutdown.
+    """
+    settings = services.settings if services is not None else (settings or load_settings())
+    metrics = services.metrics if services is not None else ApiMetrics()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        ready = (
+            services if services is not None else await run_in_threadpool(build_services, settings, metrics)
+        )
+        try:
+            async with ready.pipeline:
+                logger.info(
+                    "ready: pack %s, providers %s, gallery %s faces",
+                    ready.pack.manifest.id,
+                    ready.pipeline.providers,
+                    ready.gallery.counts().faces,
+                )
+                yield {"services": ready}
+        finally:
+            ready.gallery.close()
+
+    app = FastAPI(
+        title=API_TITLE,
+        version=API_VERSION,
+        description="Face detection, verification and identification. Errors are RFC 7807 problem details.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    install_domain_error_handlers(app)
+    for router in _ROUTERS:
+        app.include_router(router)
+
+    # Added last = outermost: the request id wraps everything, so every response (413s included) has it.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
+        )
+    app.add_middleware(RequestIdMiddleware)
+    return app

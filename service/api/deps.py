@@ -1,0 +1,68 @@
+"""FastAPI dependencies (``Annotated`` aliases): the app's services and the caller's scope."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from service.api.errors import ApiError
+from service.api.state import AppServices
+from service.auth.authenticator import Principal
+from service.auth.keys import Scope, grants
+
+# auto_error=False: a missing key becomes our own 401 problem, not FastAPI's plain 403.
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key")
+_bearer = HTTPBearer(auto_error=False, description="API key as a bearer token")
+
+_WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="face-service"'}
+
+
+def get_services(request: Request) -> AppServices:
+    services = getattr(request.state, "services", None)
+    if not isinstance(services, AppServices):  # only before start-up finished or after shutdown
+        raise ApiError(503, "unavailable", "the service is not ready")
+    return services
+
+
+Services = Annotated[AppServices, Depends(get_services)]
+
+
+def require_scope(needed: Scope) -> Callable[..., Principal]:
+    """A dependency that authenticates the caller and checks ``needed`` (admin implies every scope)."""
+
+    def dependency(
+        services: Services,
+        api_key: Annotated[str | None, Depends(_api_key_header)],
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Principal:
+        presented = api_key or (bearer.credentials if bearer is not None else None)
+        # A sync dependency: FastAPI runs it in the thread pool, so the key lookup never blocks the loop.
+        principal = services.authenticator.authenticate(presented)
+        if principal is None:
+            reason = "missing" if not presented else "invalid"
+            services.metrics.auth_failures.labels(reason=reason).inc()
+            raise ApiError(
+                401,
+                f"{reason}_api_key",
+                "an API key is required (X-API-Key or Authorization: Bearer)"
+                if reason == "missing"
+                else "the API key is unknown or revoked",
+                headers=_WWW_AUTHENTICATE,
+            )
+        if not grants(principal.scopes, needed):
+            services.metrics.auth_failures.labels(reason="scope").inc()
+            held = ", ".join(sorted(scope.value for scope in principal.scopes))
+            raise ApiError(
+                403, "insufficient_scope", f"this needs the {needed.value!r} scope; the key has: {held}"
+            )
+        return principal
+
+    return dependency
+
+
+ReadAccess = Annotated[Principal, Depends(require_scope(Scope.READ))]
+EnrollAccess = Annotated[Principal, Depends(require_scope(Scope.ENROLL))]
+AdminAccess = Annotated[Principal, Depends(require_scope(Scope.ADMIN))]

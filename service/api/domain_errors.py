@@ -1,0 +1,47 @@
+"""Gallery and threshold errors → problem responses, through one table (most specific class first)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from service.api.errors import FieldError, problem_response_for_scope
+from service.api.thresholds import ThresholdError
+from service.gallery.gallery import EmptySubjectError
+from service.gallery.store import (
+    FaceNotFoundError,
+    GalleryError,
+    InvalidCursorError,
+    SubjectNotFoundError,
+)
+
+# (status, problem code, field the error is about or None)
+_DOMAIN_ERRORS: dict[type[Exception], tuple[int, str, str | None]] = {
+    SubjectNotFoundError: (404, "subject_not_found", None),
+    FaceNotFoundError: (404, "face_not_found", None),
+    InvalidCursorError: (422, "invalid_cursor", "query.cursor"),
+    EmptySubjectError: (409, "subject_has_no_faces", None),
+    ThresholdError: (422, "invalid_threshold", "threshold"),
+}
+
+
+def _lookup(exc: Exception) -> tuple[int, str, str | None] | None:
+    for cls in type(exc).__mro__:
+        found = _DOMAIN_ERRORS.get(cls)
+        if found is not None:
+            return found
+    return None
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    found = _lookup(exc)
+    if found is None:  # a GalleryError with no client meaning: let the 500 handler take it
+        raise exc
+    status, code, field = found
+    errors = [FieldError(field, str(exc), code)] if field else []
+    return problem_response_for_scope(request.scope, status=status, code=code, detail=str(exc), errors=errors)
+
+
+def install_domain_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(GalleryError, _domain_error)
+    app.add_exception_handler(ThresholdError, _domain_error)

@@ -1,0 +1,86 @@
+"""Pure ASGI middleware: request ids and the request size limit (no body buffering, no BaseHTTPMiddleware)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.errors import REQUEST_ID_HEADER, problem_response_for_scope
+
+# A caller's id is echoed only when it is short and plain (it ends up in logs and headers).
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestIdMiddleware:
+    """Take ``X-Request-ID`` from the caller (when sane) or generate one; echo it on every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        presented = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
+        request_id = presented if _CLIENT_REQUEST_ID.fullmatch(presented) else uuid.uuid4().hex
+        # The per-request state dict (a copy of the lifespan state) is shared by everything downstream.
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class RequestTooLargeError(HTTPException):
+    """Raised from ``receive`` when a streamed body passes the limit.
+
+    An HTTPException so FastAPI's body parsing re-raises it as is (anything else becomes a 400).
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body exceeds the limit of {limit} bytes")
+
+
+class BodySizeLimitMiddleware:
+    """Refuse bodies over ``max_bytes``: at once from Content-Length, else while streaming."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            detail = (
+                f"the request body of {declared} bytes exceeds the limit of {self.max_bytes} bytes"
+                if declared.isdigit()
+                else "invalid Content-Length header"
+            )
+            status = 413 if declared.isdigit() else 400
+            code = "content_too_large" if declared.isdigit() else "bad_request"
+            response = problem_response_for_scope(scope, status=status, code=code, detail=detail)
+            await response(scope, receive, send)
+            return
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise RequestTooLargeError(self.max_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)

@@ -1,0 +1,430 @@
+"""Request and response models of the ``/v1`` API (pydantic at the edge; examples show in OpenAPI)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.config import JsonDict
+
+from service.auth.keys import Scope
+
+_EXAMPLE_BOX: JsonDict = {"x1": 31.2, "y1": 28.9, "x2": 118.4, "y2": 131.0}
+_EXAMPLE_LANDMARKS: JsonDict = {
+    "left_eye": [56.1, 69.3],
+    "right_eye": [94.0, 69.0],
+    "nose": [75.2, 91.7],
+    "mouth_left": [59.8, 110.4],
+    "mouth_right": [91.3, 110.1],
+}
+_EXAMPLE_QUALITY: JsonDict = {
+    "size": 87.2,
+    "det_score": 0.998,
+    "sharpness": 412.5,
+    "yaw_deg": 2.1,
+    "pitch_deg": -3.4,
+    "roll_deg": -0.5,
+}
+_EXAMPLE_SUBJECT_ID = "4f6c2d1e-3b5a-4c1e-9a7b-2d8e6f0a1b2c"
+_EXAMPLE_FACE_ID = "a81b7c52-6d0e-4f3a-b1c9-5e2d4f6a7b8c"
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- faces
+
+
+class Box(_Out):
+    """Face box in image pixels (x1, y1 top-left; x2, y2 bottom-right)."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+class Landmarks(_Out):
+    """Five points ``[x, y]`` in image pixels; left/right as seen in the image (left = smaller x)."""
+
+    left_eye: tuple[float, float]
+    right_eye: tuple[float, float]
+    nose: tuple[float, float]
+    mouth_left: tuple[float, float]
+    mouth_right: tuple[float, float]
+
+
+class Quality(_Out):
+    size: float = Field(description="shorter side of the box, pixels")
+    det_score: float
+    sharpness: float = Field(description="variance of the Laplacian of the aligned grey chip")
+    yaw_deg: float
+    pitch_deg: float
+    roll_deg: float
+
+
+class ImageSize(_Out):
+    width: int
+    height: int
+
+
+class DetectedFaceOut(_Out):
+    box: Box
+    landmarks: Landmarks
+    score: float = Field(description="detector confidence")
+    quality: Quality
+
+
+class DetectResponse(_Out):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "image": {"width": 150, "height": 150},
+                    "faces": [
+                        {
+                            "box": _EXAMPLE_BOX,
+                            "landmarks": _EXAMPLE_LANDMARKS,
+                            "score": 0.998,
+                            "quality": _EXAMPLE_QUALITY,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    image: ImageSize
+    faces: list[DetectedFaceOut] = Field(description="largest face first")
+
+
+class EmbeddedFaceOut(_Out):
+    box: Box
+    score: float
+    embedding: list[float] = Field(description="unit-norm embedding of the pack's size")
+
+
+class EmbedResponse(_Out):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "pack_id": "default-dlib-r34-1a2b3c4d",
+                    "embedding_size": 128,
+                    "faces": [{"box": _EXAMPLE_BOX, "score": 0.998, "embedding": [0.0132, -0.0871, 0.1094]}],
+                }
+            ]
+        }
+    )
+    pack_id: str
+    embedding_size: int
+    faces: list[EmbeddedFaceOut]
+
+
+# --- matching
+
+
+class ThresholdOut(_Out):
+    name: str = Field(description='operating point name ("default", "far=1e-3") or "custom" for a number')
+    value: float
+
+
+class ComparedFace(_Out):
+    face_index: int = Field(description="index in the image's faces, largest first")
+    faces_in_image: int
+    box: Box
+    score: float
+
+
+class SubjectRef(_Out):
+    id: str
+    name: str
+
+
+class VerifyResponse(_Out):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "mode": "pair",
+                    "similarity": 0.912,
+                    "threshold": {"name": "default", "value": 0.84},
+                    "match": True,
+                    "face_a": {"face_index": 0, "faces_in_image": 1, "box": _EXAMPLE_BOX, "score": 0.998},
+                    "face_b": {"face_index": 0, "faces_in_image": 1, "box": _EXAMPLE_BOX, "score": 0.997},
+                    "subject": None,
+                }
+            ]
+        }
+    )
+    mode: Literal["pair", "subject"]
+    similarity: float = Field(description="cosine similarity of the compared embeddings")
+    threshold: ThresholdOut
+    match: bool = Field(description="similarity >= threshold")
+    face_a: ComparedFace = Field(description="the face of image_a (or of image in subject mode)")
+    face_b: ComparedFace | None = None
+    subject: SubjectRef | None = None
+
+
+class CandidateOut(_Out):
+    subject_id: str
+    name: str
+    similarity: float
+    face_id: str = Field(description="the subject's enrolled face that matched best")
+
+
+class IdentifiedFaceOut(_Out):
+    box: Box
+    score: float
+    unknown: bool = Field(description="no subject reached the threshold")
+    candidates: list[CandidateOut] = Field(description="best first, at most top_k, all >= threshold")
+
+
+class IdentifyResponse(_Out):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "threshold": {"name": "default", "value": 0.84},
+                    "top_k": 5,
+                    "faces": [
+                        {
+                            "box": _EXAMPLE_BOX,
+                            "score": 0.998,
+                            "unknown": False,
+                            "candidates": [
+                                {
+                                    "subject_id": _EXAMPLE_SUBJECT_ID,
+                                    "name": "John Simm",
+                                    "similarity": 0.93,
+                                    "face_id": _EXAMPLE_FACE_ID,
+                                }
+                            ],
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    threshold: ThresholdOut
+    top_k: int
+    faces: list[IdentifiedFaceOut]
+
+
+# --- gallery
+
+
+class SubjectCreate(_In):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "John Simm", "metadata": {"employee_id": "E-1042"}}]},
+    )
+    name: str = Field(min_length=1, max_length=256)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SubjectUpdate(_In):
+    """Fields to change; ``metadata`` replaces the stored object as a whole."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "John Simm", "metadata": {"team": "B"}}]}
+    )
+    name: str | None = Field(None, min_length=1, max_length=256)
+    metadata: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> SubjectUpdate:
+        if self.name is None and self.metadata is None:
+            raise ValueError("give at least one of name, metadata")
+        return self
+
+
+class SubjectOut(_Out):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": _EXAMPLE_SUBJECT_ID,
+                    "name": "John Simm",
+                    "metadata": {"employee_id": "E-1042"},
+                    "face_count": 5,
+                    "created_at": "2025-01-31T10:15:02+00:00",
+                    "updated_at": "2025-01-31T10:15:02+00:00",
+                }
+            ]
+        }
+    )
+    id: str
+    name: str
+    metadata: dict[str, Any]
+    face_count: int
+    created_at: str
+    updated_at: str
+
+
+class SubjectPage(_Out):
+    subjects: list[SubjectOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+class RejectionOut(_Out):
+    code: Literal["no_face", "multiple_faces", "face_too_small", "low_quality", "invalid_image"]
+    detail: str
+
+
+class EnrollmentItem(_Out):
+    index: int = Field(description="position of the image in the request's `images`")
+    filename: str | None
+    accepted: bool
+    face_id: str | None = None
+    rejection: RejectionOut | None = None
+
+
+class EnrollmentResponse(_Out):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "subject_id": _EXAMPLE_SUBJECT_ID,
+                    "accepted": 1,
+                    "rejected": 1,
+                    "results": [
+                        {
+                            "index": 0,
+                            "filename": "a.jpg",
+                            "accepted": True,
+                            "face_id": _EXAMPLE_FACE_ID,
+                            "rejection": None,
+                        },
+                        {
+                            "index": 1,
+                            "filename": "group.jpg",
+                            "accepted": False,
+                            "face_id": None,
+                            "rejection": {"code": "multiple_faces", "detail": "3 faces of enrollment size"},
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+    subject_id: str
+    accepted: int
+    rejected: int
+    results: list[EnrollmentItem]
+
+
+class FaceOut(_Out):
+    id: str
+    subject_id: str
+    pack_id: str
+    det_score: float
+    quality: Quality | None
+    created_at: str
+
+
+class FaceList(_Out):
+    faces: list[FaceOut]
+
+
+# --- keys
+
+
+class KeyCreate(_In):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "kiosk-3", "scopes": ["read"]}]}
+    )
+    name: str = Field("", max_length=256)
+    scopes: list[Scope] = Field(min_length=1)
+
+
+class KeyOut(_Out):
+    id: str
+    name: str
+    scopes: list[Scope]
+    created_at: str
+    revoked_at: str | None
+    active: bool
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="the secret key: shown once, store it now")
+
+
+class KeyList(_Out):
+    keys: list[KeyOut]
+
+
+# --- service
+
+
+class OperatingPointOut(_Out):
+    threshold: float
+    far: float | None
+    source: str
+
+
+class GalleryInfo(_Out):
+    subjects: int
+    faces: int
+    index_type: str
+
+
+class InfoResponse(_Out):
+    pack_id: str
+    pack_description: str
+    embedding_size: int
+    embedder_input_size: tuple[int, int]
+    flip_augmentation: bool
+    providers: dict[str, list[str]] = Field(description="ONNX Runtime providers in use, per model role")
+    operating_points: dict[str, OperatingPointOut]
+    threshold: ThresholdOut = Field(description="the threshold used when a request names none")
+    subject_score: str
+    gallery: GalleryInfo
+    auth_enabled: bool
+
+
+class HealthResponse(_Out):
+    status: Literal["ok"]
+
+
+class ReadyResponse(_Out):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, bool]
+
+
+class ProblemFieldError(_Out):
+    field: str
+    reason: str
+    code: str | None = None
+
+
+class Problem(_Out):
+    """RFC 7807 problem details (``application/problem+json``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "urn:face-service:problem:not_found",
+                    "title": "Not Found",
+                    "status": 404,
+                    "detail": f"no subject {_EXAMPLE_SUBJECT_ID}",
+                    "instance": f"/v1/subjects/{_EXAMPLE_SUBJECT_ID}",
+                    "request_id": "7c0e5b3f9d2a4e6b8f1c3a5d7e9b0c2d",
+                    "errors": [],
+                }
+            ]
+        }
+    )
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    request_id: str | None
+    errors: list[ProblemFieldError]

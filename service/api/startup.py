@@ -1,0 +1,55 @@
+"""Build everything the app serves with, in order, failing with clear, typed errors.
+
+Used by the lifespan (tests, ``create_app(settings)``) and by ``face-service serve``, which builds
+first so that a bad pack, a gallery pinned to another pack or a missing GPU ends the process with
+a one-line message and exit status 1 instead of a server traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from service.api.metrics import ApiMetrics
+from service.api.state import AppServices
+from service.api.thresholds import ThresholdError, ThresholdPolicy
+from service.auth.authenticator import bootstrap_authenticator
+from service.gallery.gallery import Gallery
+from service.gallery.store import GalleryError
+from service.packs.loader import PackError, load_pack, resolve_pack_dir
+from service.pipeline.face_pipeline import FacePipeline
+from service.pipeline.quality import QualityBars
+from service.pipeline.runtime import RuntimeUnavailableError
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Errors that mean "this configuration cannot start": reported as one message, exit status 1.
+STARTUP_ERRORS: tuple[type[Exception], ...] = (
+    PackError,
+    ThresholdError,
+    RuntimeUnavailableError,
+    GalleryError,
+)
+
+
+def build_services(settings: Settings, metrics: ApiMetrics) -> AppServices:
+    """Load the pack, create the runtime sessions, open the gallery, set up auth (blocking)."""
+    pack = load_pack(resolve_pack_dir(settings.models_dir, settings.pack))
+    thresholds = ThresholdPolicy(pack.manifest.calibration, settings.threshold)
+    pipeline = FacePipeline.from_pack(pack, settings, on_batch=metrics.observe_batch)
+    gallery = Gallery.open(settings.data_dir, pipeline.pack_id, pipeline.embedding_size, settings)
+    try:
+        authenticator = bootstrap_authenticator(settings)
+    except BaseException:
+        gallery.close()
+        raise
+    return AppServices(
+        settings=settings,
+        pack=pack,
+        pipeline=pipeline,
+        gallery=gallery,
+        authenticator=authenticator,
+        metrics=metrics,
+        thresholds=thresholds,
+        quality_bars=QualityBars.from_settings(settings),
+    )

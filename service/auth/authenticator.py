@@ -1,0 +1,71 @@
+"""Who is calling: the explicit admin key from settings, keys from the store, or auth switched off."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from typing import TextIO
+
+from service.auth.keys import ApiKey, KeyStore, Scope, hash_key, key_matches
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+ENV_KEY_ID = "env"  # the key id reported for FACE_API_KEY
+AUTH_OFF_KEY_ID = "auth-disabled"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller: a key id (never the key) and its scopes."""
+
+    key_id: str
+    scopes: frozenset[Scope]
+
+
+class Authenticator:
+    def __init__(self, store: KeyStore, *, explicit_key_sha256: str | None, enabled: bool) -> None:
+        self.store = store
+        self._explicit_key_sha256 = explicit_key_sha256
+        self.enabled = enabled
+
+    def authenticate(self, presented: str | None) -> Principal | None:
+        """The caller behind ``presented``, or None when the key is missing, unknown or revoked."""
+        if not self.enabled:
+            return Principal(AUTH_OFF_KEY_ID, frozenset(Scope))
+        if not presented:
+            return None
+        if self._explicit_key_sha256 is not None and key_matches(presented, self._explicit_key_sha256):
+            return Principal(ENV_KEY_ID, frozenset({Scope.ADMIN}))
+        record: ApiKey | None = self.store.authenticate(presented)
+        return None if record is None else Principal(record.id, record.scopes)
+
+
+def bootstrap_authenticator(settings: Settings, *, out: TextIO | None = None) -> Authenticator:
+    """Build the authenticator at start-up.
+
+    ``FACE_API_KEY`` is an explicit admin key. Without it, and with no key stored yet, the first start
+    creates an admin key, keeps its hash and prints the key once to ``out`` (stdout): the operator's only
+    chance to copy it. ``FACE_AUTH_ENABLED=false`` turns auth off, with a warning.
+    """
+    store = KeyStore.in_data_dir(settings.data_dir)
+    if not settings.auth_enabled:
+        logger.warning("authentication is DISABLED (FACE_AUTH_ENABLED=false): every request is admin")
+        return Authenticator(store, explicit_key_sha256=None, enabled=False)
+    explicit = settings.api_key.get_secret_value() if settings.api_key is not None else ""
+    if explicit:
+        return Authenticator(store, explicit_key_sha256=hash_key(explicit), enabled=True)
+    if store.count() == 0:
+        created = store.create(frozenset({Scope.ADMIN}), name="bootstrap admin")
+        stream = out if out is not None else sys.stdout
+        print(
+            "No API key configured: created an admin key (shown once; store it now).\n"
+            f"  key id: {created.record.id}\n"
+            f"  key:    {created.key}\n"
+            "Create more with `face-service keys create --scopes read`.",
+            file=stream,
+            flush=True,
+        )
+        logger.info("created the bootstrap admin key %s (printed once to stdout)", created.record.id)
+    return Authenticator(store, explicit_key_sha256=None, enabled=True)

@@ -1,0 +1,198 @@
+"""API keys: scoped, stored only as hashes, checked in constant time.
+
+A key looks like ``fsk_<key id>_<secret>``. The key id (public) finds the record; the secret is 32 random
+bytes, so a plain SHA-256 of the whole key is a safe verifier (no password stretching needed for a
+high-entropy secret). Keys live in SQLite (``api_keys.sqlite3`` in the data dir) so the CLI can create or
+revoke keys while the server runs and the server sees the change on the next request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+
+KEYS_DB_FILE = "api_keys.sqlite3"
+KEY_PREFIX = "fsk"
+_KEY_ID_BYTES = 6
+_SECRET_BYTES = 32
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    key_sha256 TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+)
+"""
+
+
+class Scope(StrEnum):
+    READ = "read"  # detect, embed, verify, identify, read the gallery
+    ENROLL = "enroll"  # gallery writes
+    ADMIN = "admin"  # keys and migrations; implies every other scope
+
+
+class KeyStoreError(ValueError):
+    """A key operation that cannot be done (unknown key, bad scopes)."""
+
+
+def parse_scopes(values: Iterable[str]) -> frozenset[Scope]:
+    """Scopes from strings such as ``["read", "enroll"]`` or ``["read,enroll"]``."""
+    names = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    if not names:
+        raise KeyStoreError("at least one scope is needed (read, enroll, admin)")
+    try:
+        return frozenset(Scope(name) for name in names)
+    except ValueError:
+        known = ", ".join(scope.value for scope in Scope)
+        raise KeyStoreError(f"unknown scope in {names}; known scopes: {known}") from None
+
+
+def grants(scopes: frozenset[Scope], needed: Scope) -> bool:
+    """Whether a key with ``scopes`` may do what ``needed`` guards (admin implies all)."""
+    return Scope.ADMIN in scopes or needed in scopes
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def key_matches(presented: str, expected_sha256: str) -> bool:
+    """Constant-time comparison of a presented key against a stored hash."""
+    return hmac.compare_digest(hash_key(presented), expected_sha256)
+
+
+def generate_key() -> tuple[str, str]:
+    """A new ``(key_id, key)`` pair; the key is shown once and never stored."""
+    key_id = secrets.token_hex(_KEY_ID_BYTES)
+    return key_id, f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(_SECRET_BYTES)}"
+
+
+def key_id_of(key: str) -> str | None:
+    """The key id embedded in a key of our format, or None for anything else."""
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or len(parts[1]) != 2 * _KEY_ID_BYTES:
+        return None
+    return parts[1]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A stored key's public record (never the key itself)."""
+
+    id: str
+    name: str
+    scopes: frozenset[Scope]
+    created_at: str
+    revoked_at: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    record: ApiKey
+    key: str  # the plaintext key: give it to the user once, then forget it
+
+
+def _scopes_text(scopes: frozenset[Scope]) -> str:
+    return ",".join(sorted(scope.value for scope in scopes))
+
+
+def _row_to_key(row: sqlite3.Row) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        scopes=parse_scopes([row["scopes"]]),
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+class KeyStore:
+    """API keys in a small SQLite file; a connection per operation keeps it safe across threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def in_data_dir(cls, data_dir: Path) -> KeyStore:
+        return cls(data_dir / KEYS_DB_FILE)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=10.0)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(_SCHEMA)
+            with conn:  # one transaction, committed on success
+                yield conn
+        finally:
+            conn.close()
+
+    def create(self, scopes: frozenset[Scope], name: str = "") -> CreatedKey:
+        if not scopes:
+            raise KeyStoreError("at least one scope is needed (read, enroll, admin)")
+        key_id, key = generate_key()
+        record = ApiKey(id=key_id, name=name, scopes=scopes, created_at=_now())
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO api_keys (id, name, scopes, key_sha256, created_at) VALUES (?, ?, ?, ?, ?)",
+                (record.id, record.name, _scopes_text(scopes), hash_key(key), record.created_at),
+            )
+        return CreatedKey(record=record, key=key)
+
+    def list(self, *, include_revoked: bool = True) -> list[ApiKey]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM api_keys ORDER BY created_at, id").fetchall()
+        keys = [_row_to_key(row) for row in rows]
+        return keys if include_revoked else [key for key in keys if key.active]
+
+    def get(self, key_id: str) -> ApiKey | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        return None if row is None else _row_to_key(row)
+
+    def revoke(self, key_id: str) -> ApiKey:
+        with self._connect() as conn:
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (_now(), key_id)
+            )
+            row = conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        if row is None:
+            raise KeyStoreError(f"no API key with id {key_id!r}")
+        return _row_to_key(row)
+
+    def count(self) -> int:
+        with self._connect() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0])
+
+    def authenticate(self, presented: str) -> ApiKey | None:
+        """The active key record matching ``presented``, or None."""
+        key_id = key_id_of(presented)
+        if key_id is None:
+            return None
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        if row is None or row["revoked_at"] is not None:
+            return None
+        return _row_to_key(row) if key_matches(presented, row["key_sha256"]) else None

@@ -1,0 +1,175 @@
+"""``face-service``: serve the API, re-embed the gallery with another pack, manage API keys."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from service.auth.keys import KeyStore, KeyStoreError, parse_scopes
+from service.settings import Settings, load_settings
+
+logger = logging.getLogger("service.cli")
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # faiss announces each CPU-feature build it tries at INFO; only its problems matter here.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+
+def _fail(message: str) -> int:
+    print(f"face-service: {message}", file=sys.stderr)
+    return 1
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here: `keys` commands must not pay for onnxruntime and faiss start-up.
+    import uvicorn
+
+    from service.api.app import create_app
+    from service.api.metrics import ApiMetrics
+    from service.api.startup import STARTUP_ERRORS, build_services
+
+    updates = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
+    settings = settings.model_copy(update=updates)
+    try:
+        services = build_services(settings, ApiMetrics())
+    except STARTUP_ERRORS as exc:
+        return _fail(f"cannot start: {exc}")
+    app = create_app(services=services)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+        server_header=False,
+    )
+    return 0
+
+
+def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
+    from service.gallery.reembed import reembed_gallery
+    from service.gallery.store import GalleryError
+    from service.packs.loader import PackError, load_pack, resolve_pack_dir
+    from service.pipeline.face_pipeline import FacePipeline
+    from service.pipeline.runtime import RuntimeUnavailableError
+
+    if args.pack:
+        settings = settings.model_copy(update={"pack": args.pack})
+
+    def progress(done: int, total: int) -> None:
+        print(f"  re-embedded {done}/{total} faces", file=sys.stderr, flush=True)
+
+    try:
+        pack = load_pack(resolve_pack_dir(settings.models_dir, settings.pack))
+        pipeline = FacePipeline.from_pack(pack, settings)
+        report = reembed_gallery(
+            settings.data_dir,
+            pipeline,
+            batch_size=args.batch_size,
+            drop_faces_without_crop=args.drop_faces_without_crop,
+            progress=progress,
+        )
+    except (PackError, RuntimeUnavailableError, GalleryError) as exc:
+        return _fail(f"reembed failed, gallery unchanged: {exc}")
+    if report.reembedded == 0 and report.old_pack_id == report.new_pack_id:
+        print(f"gallery already uses pack {report.new_pack_id}; nothing to do")
+        return 0
+    print(
+        f"re-embedded {report.reembedded} faces from {report.old_pack_id} to {report.new_pack_id} "
+        f"in {report.seconds:.1f} s (dropped {report.dropped} faces without a crop)"
+    )
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        scopes = parse_scopes(args.scopes)
+        created = KeyStore.in_data_dir(settings.data_dir).create(scopes, name=args.name)
+    except KeyStoreError as exc:
+        return _fail(str(exc))
+    print(f"key id: {created.record.id}")
+    print(f"scopes: {','.join(sorted(scopes))}")
+    print(f"key:    {created.key}")
+    print("(shown once: store it now)")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    keys = KeyStore.in_data_dir(settings.data_dir).list(include_revoked=args.all)
+    print(f"{'id':<14}{'scopes':<20}{'created':<27}{'status':<37}name")
+    for key in keys:
+        status = "active" if key.active else f"revoked {key.revoked_at}"
+        print(f"{key.id:<14}{','.join(sorted(key.scopes)):<20}{key.created_at:<27}{status:<37}{key.name}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        record = KeyStore.in_data_dir(settings.data_dir).revoke(args.key_id)
+    except KeyStoreError as exc:
+        return _fail(str(exc))
+    print(f"revoked {record.id} ({record.revoked_at})")
+    return 0
+
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="face-service", description="Face verification/identification service (settings: FACE_* env)."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP API (uvicorn)")
+    serve.add_argument("--host", help="override FACE_HOST")
+    serve.add_argument("--port", type=int, help="override FACE_PORT")
+    serve.set_defaults(handler=cmd_serve)
+
+    reembed = commands.add_parser(
+        "reembed", help="re-embed the gallery's stored crops with another pack (service stopped)"
+    )
+    reembed.add_argument("--pack", help="the pack to switch to (default: FACE_PACK)")
+    reembed.add_argument("--batch-size", type=int, default=64)
+    reembed.add_argument(
+        "--drop-faces-without-crop",
+        action="store_true",
+        help="delete faces enrolled without a crop instead of failing",
+    )
+    reembed.set_defaults(handler=cmd_reembed)
+
+    keys = commands.add_parser("keys", help="manage API keys in FACE_DATA_DIR")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create a key (printed once)")
+    create.add_argument(
+        "--scopes", nargs="+", required=True, help="read, enroll, admin (space or comma separated)"
+    )
+    create.add_argument("--name", default="", help="a label for the key")
+    create.set_defaults(handler=cmd_keys_create)
+    listing = key_commands.add_parser("list", help="list keys (ids and scopes, never the keys)")
+    listing.add_argument("--all", action="store_true", help="include revoked keys")
+    listing.set_defaults(handler=cmd_keys_list)
+    revoke = key_commands.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(handler=cmd_keys_revoke)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = load_settings()
+    _configure_logging(settings)
+    handler: Command = args.handler
+    return handler(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

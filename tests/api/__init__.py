@@ -1,0 +1,1 @@
+"""API, auth and CLI tests."""
