@@ -200,7 +200,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from export.pack_writer import EmbedderPackRequest, write_embedder_pack
     from export.retinaface_extract import write_retinaface_onnx
     from models.registry import backbone_entry
-    from models.training import small_backbone  # noqa: F401  (registers face-train's iresnet_tiny)
 
     entry = backbone_entry(args.backbone)
     contents = read_checkpoint(args.checkpoint)

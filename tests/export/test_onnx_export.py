@@ -257,7 +257,6 @@ def test_pack_id_fingerprint_follows_everything_that_changes_embeddings() -> Non
 def test_face_train_checkpoint_exports_with_its_recorded_preprocessing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from models.training import small_backbone  # noqa: F401  (registers iresnet_tiny)
     from models.training.alignment import scaled_template
     from models.training.checkpoint import save_checkpoint
 
