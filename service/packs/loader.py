@@ -205,6 +205,12 @@ def load_pack(pack_dir: Path, *, verify: bool = True) -> LoadedPack:
             update={"calibration": merge_calibration(manifest.calibration, calibration)}
         )
         calibration_path = (pack_dir / CALIBRATION_FILE).resolve()
+        logger.info(
+            "pack %s: merged %s (operating points %s)",
+            manifest.id,
+            calibration_path,
+            ", ".join(sorted(calibration.operating_points)),
+        )
     embedder = manifest.embedder
     return LoadedPack(
         dir=pack_dir.resolve(),

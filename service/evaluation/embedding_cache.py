@@ -1,0 +1,94 @@
+"""On-disk cache of per-image evaluation results, keyed by (pack id, file sha256, options).
+
+A re-run of ``face-eval`` on the same images with the same pack and options reads every embedding
+back instead of running the models. Entries are small ``.npz`` files written atomically (temp file
+and rename), so concurrent runs and interrupted runs never leave a half-written entry behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.pipeline.types import FloatArray
+
+# Bump when what an entry means changes (face choice, stored fields): old entries are then ignored.
+CACHE_FORMAT_VERSION = 1
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class FileEmbedding:
+    """What the pipeline made of one image file."""
+
+    embedding: FloatArray | None  # (D,) unit norm, of the largest face; None when no face was found
+    det_score: float | None  # detector score of the embedded face
+    seconds: float  # decode + detect + align + embed, measured when the entry was computed
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_key(pack_id: str, content_sha256: str, options: Mapping[str, object]) -> str:
+    """A stable key: the same pack, bytes and options always give the same key, anything else not."""
+    material = json.dumps(
+        {"version": CACHE_FORMAT_VERSION, "pack": pack_id, "file": content_sha256, "options": options},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()
+
+
+class EmbeddingCache:
+    """``FileEmbedding`` entries under ``root/<key[:2]>/<key>.npz``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npz"
+
+    def get(self, key: str) -> FileEmbedding | None:
+        """The entry for ``key``, or None when absent or unreadable (it is then recomputed)."""
+        path = self._path(key)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                embedding = np.asarray(data["embedding"], dtype=np.float32)
+                det_score = float(data["det_score"])
+                return FileEmbedding(
+                    embedding=embedding if embedding.size else None,
+                    det_score=None if np.isnan(det_score) else det_score,
+                    seconds=float(data["seconds"]),
+                )
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+            return None
+
+    def put(self, key: str, entry: FileEmbedding) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".entry.", suffix=".npz", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez(
+                    handle,
+                    embedding=np.zeros(0, np.float32) if entry.embedding is None else entry.embedding,
+                    det_score=np.float64(np.nan if entry.det_score is None else entry.det_score),
+                    seconds=np.float64(entry.seconds),
+                )
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
