@@ -67,11 +67,14 @@ class RetinaFaceDetector:
                 f"decoder declares {priors.shape[0]} priors for a {prepared.width}×{prepared.height} input"
             )
         scores = conf[:, 1] if self._decoder.scores_softmaxed else _softmax_face_score(conf)
-        boxes = decode_boxes(loc, priors, self._decoder.variances)
-        points = decode_landmarks(landmarks, priors, self._decoder.variances)
+        # Decode only the candidates above the score threshold: thousands of priors, a handful of faces.
+        candidates = np.flatnonzero(scores >= self._options.score_threshold)
+        priors = priors[candidates]
+        boxes = decode_boxes(loc[candidates], priors, self._decoder.variances)
+        points = decode_landmarks(landmarks[candidates], priors, self._decoder.variances)
         return select_faces(
             to_image_coordinates(boxes, prepared),
-            scores.astype(np.float32),
+            scores[candidates].astype(np.float32),
             to_image_coordinates(points, prepared),
             self._options,
         )
