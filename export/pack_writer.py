@@ -33,12 +33,13 @@ from export.parity import (
     random_inputs,
     require_parity,
 )
+from service.atomic_files import fsync_dir
 from service.packs.insightface import (
     ARCFACE_NORMALIZATION,
     ARCFACE_TEMPLATE_112,
     ARCFACE_TEMPLATE_DERIVATION,
 )
-from service.packs.loader import fsync_dir, load_pack, sha256_file, write_manifest
+from service.packs.loader import load_pack, sha256_file, write_manifest
 from service.packs.manifest import (
     MANIFEST_FILE,
     Calibration,

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,13 +17,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from service.atomic_files import write_text_atomic
 from service.evaluation.metrics import FarOperatingPoint, threshold_at_far
 from service.evaluation.verification import far_label
 from service.packs.loader import (
     CALIBRATION_FILE,
     CalibrationFile,
     PackError,
-    fsync_dir,
     read_calibration_file,
     read_manifest,
 )
@@ -211,17 +209,5 @@ def write_calibration(pack_dir: Path, calibration: CalibrationFile) -> Path:
                 "probability_note": existing.probability_note if kept_fit else calibration.probability_note,
             }
         )
-    path = pack_dir / CALIBRATION_FILE
     text = json.dumps(calibration.model_dump(mode="json"), indent=2) + "\n"
-    fd, tmp_name = tempfile.mkstemp(prefix=".calibration.", suffix=".tmp", dir=pack_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    fsync_dir(pack_dir)
-    return path
+    return write_text_atomic(pack_dir / CALIBRATION_FILE, text)

@@ -8,9 +8,8 @@ and rename), so concurrent runs and interrupted runs never leave a half-written 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.atomic_files import write_bytes_atomic
 from service.pipeline.types import FloatArray
 
 # Bump when what an entry means changes (face choice, stored fields): old entries are then ignored.
@@ -79,16 +79,12 @@ class EmbeddingCache:
     def put(self, key: str, entry: FileEmbedding) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".entry.", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(
-                    handle,
-                    embedding=np.zeros(0, np.float32) if entry.embedding is None else entry.embedding,
-                    det_score=np.float64(np.nan if entry.det_score is None else entry.det_score),
-                    seconds=np.float64(entry.seconds),
-                )
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            embedding=np.zeros(0, np.float32) if entry.embedding is None else entry.embedding,
+            det_score=np.float64(np.nan if entry.det_score is None else entry.det_score),
+            seconds=np.float64(entry.seconds),
+        )
+        # A cache entry can always be recomputed: atomic, but not worth an fsync.
+        write_bytes_atomic(path, buffer.getvalue(), durable=False)

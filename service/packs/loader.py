@@ -12,15 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from service.atomic_files import write_text_atomic
 from service.packs.manifest import MANIFEST_FILE, Calibration, OperatingPoint, PackManifest
 
 logger = logging.getLogger(__name__)
@@ -145,34 +144,7 @@ def verify_files(pack_dir: Path, manifest: PackManifest) -> None:
 
 def write_manifest(pack_dir: Path, manifest: PackManifest) -> Path:
     """Write ``manifest.json`` atomically (temp file, fsync, rename) so readers never see half of it."""
-    path = pack_dir / MANIFEST_FILE
-    text = manifest.model_dump_json(indent=2) + "\n"
-    fd, tmp_name = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=pack_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    fsync_dir(pack_dir)
-    return path
-
-
-def fsync_dir(path: Path) -> None:
-    """Persist a folder's entries (renames) on POSIX; a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return write_text_atomic(pack_dir / MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
 
 
 def load_pack(pack_dir: Path, *, verify: bool = True) -> LoadedPack:

@@ -27,6 +27,9 @@ class LandmarkConvention(StrEnum):
     FIVE_POINT = "5pt:eye_l,eye_r,nose,mouth_l,mouth_r"
 
 
+Point = tuple[float, float]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -101,9 +104,7 @@ class EmbedderSpec(_Strict):
     input_size: tuple[int, int]  # (width, height) of the aligned chip
     normalization: PixelNormalization
     # Where the five landmarks (``landmark_convention`` order) land on the chip, in input pixels.
-    template: tuple[
-        tuple[float, float], tuple[float, float], tuple[float, float], tuple[float, float], tuple[float, float]
-    ]
+    template: tuple[Point, Point, Point, Point, Point]
     template_derivation: TemplateDerivation
     landmark_convention: LandmarkConvention = LandmarkConvention.FIVE_POINT
     embedding_size: int = Field(gt=0)
