@@ -67,8 +67,9 @@ class Settings(BaseSettings):
 
     # --- detection
     det_input_size: int = Field(640, ge=64, le=4096)  # longest side fed to the detector
-    det_score_threshold: float = Field(0.6, gt=0.0, lt=1.0)
-    det_nms_threshold: float = Field(0.4, gt=0.0, lt=1.0)
+    # Unset: the pack's recommended thresholds (its manifest); set: an explicit override.
+    det_score_threshold: float | None = Field(None, gt=0.0, lt=1.0)
+    det_nms_threshold: float | None = Field(None, gt=0.0, lt=1.0)
     max_faces: int = Field(32, ge=1, le=1000)
     min_face_size: int = Field(16, ge=1)  # pixels, shorter side of the box
 
@@ -94,7 +95,8 @@ class Settings(BaseSettings):
     index_hnsw_min_size: int = Field(50_000, ge=1)  # exact IndexFlatIP below, HNSW from here on
     hnsw_m: int = Field(32, ge=4, le=128)
     hnsw_ef_construction: int = Field(80, ge=8)
-    hnsw_ef_search: int = Field(64, ge=8)
+    # efSearch 256: recall@1 >= 0.99 at 1M realistic 128-d faces, p50 < 1 ms (docs/benchmarks.md)
+    hnsw_ef_search: int = Field(256, ge=8)
     faiss_gpu: bool = True  # use faiss-gpu when it is installed and a GPU is present
 
     @property

@@ -75,7 +75,9 @@ def align_dataset(
 
     pack = load_pack(pack_dir)
     session = create_session(pack.detector_path, RuntimeOptions(device=ExecutionDevice.CPU))
-    detector = build_detector(pack.manifest.detector, session, DetectionOptions.from_settings(Settings()))
+    detector = build_detector(
+        pack.manifest.detector, session, DetectionOptions.from_settings(Settings(), pack.manifest.detector)
+    )
 
     aligned = cached = 0
     no_face: list[str] = []

@@ -33,8 +33,8 @@ class EmbedOptions:
     """Everything besides the pack and the file bytes that changes an embedding (the cache key)."""
 
     det_input_size: int
-    det_score_threshold: float
-    det_nms_threshold: float
+    det_score_threshold: float | None  # None: the pack's recommendation
+    det_nms_threshold: float | None
     min_face_size: int
     aligned: bool = False  # the images already are the pack's chips: no detection, resize only
 

@@ -61,11 +61,14 @@ class DetectionOptions:
             raise ValueError(f"min_face_size must be non-negative, got {self.min_face_size}")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DetectionOptions:
+    def from_settings(cls, settings: Settings, spec: DetectorSpec) -> DetectionOptions:
+        """The settings, with the pack's recommended thresholds where no override is set."""
+        score = settings.det_score_threshold
+        nms = settings.det_nms_threshold
         return cls(
             input_size=settings.det_input_size,
-            score_threshold=settings.det_score_threshold,
-            nms_threshold=settings.det_nms_threshold,
+            score_threshold=spec.score_threshold if score is None else score,
+            nms_threshold=spec.nms_threshold if nms is None else nms,
             max_faces=settings.max_faces,
             min_face_size=settings.min_face_size,
         )

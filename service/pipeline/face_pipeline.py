@@ -71,7 +71,9 @@ class FacePipeline:
         detector_session = create_session(pack.detector_path, runtime)
         embedder_session = create_session(pack.embedder_path, runtime)
         detector = build_detector(
-            pack.manifest.detector, detector_session, DetectionOptions.from_settings(settings)
+            pack.manifest.detector,
+            detector_session,
+            DetectionOptions.from_settings(settings, pack.manifest.detector),
         )
         embedder = Embedder(embedder_session, pack.manifest.embedder, max_batch=settings.batch_max_size)
         return cls(

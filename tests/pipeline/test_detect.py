@@ -255,13 +255,17 @@ def test_options_are_validated(options: dict) -> None:
         DetectionOptions(**(values | options))
 
 
-def test_options_from_settings() -> None:
+def test_options_from_settings_default_to_the_packs_thresholds(retinaface) -> None:
     from service.settings import Settings
 
-    settings = Settings(det_input_size=320, max_faces=3)
-    options = DetectionOptions.from_settings(settings)
+    spec, _ = retinaface
+    recommended = spec.model_copy(update={"score_threshold": 0.55, "nms_threshold": 0.35})
+    options = DetectionOptions.from_settings(Settings(det_input_size=320, max_faces=3), recommended)
     assert (options.input_size, options.max_faces) == (320, 3)
-    assert options.score_threshold == settings.det_score_threshold
+    assert (options.score_threshold, options.nms_threshold) == (0.55, 0.35)
+    explicit = Settings(det_score_threshold=0.8, det_nms_threshold=0.3)
+    options = DetectionOptions.from_settings(explicit, recommended)
+    assert (options.score_threshold, options.nms_threshold) == (0.8, 0.3)
 
 
 def test_declared_outputs_missing_from_the_model_is_an_error(retinaface) -> None:

@@ -54,7 +54,9 @@ def test_chips_put_landmarks_on_the_template(raw_photos: Path, default_pack_dir:
 
     pack = load_pack(default_pack_dir)
     session = create_session(pack.detector_path, RuntimeOptions(device=ExecutionDevice.CPU))
-    detector = build_detector(pack.manifest.detector, session, DetectionOptions.from_settings(Settings()))
+    detector = build_detector(
+        pack.manifest.detector, session, DetectionOptions.from_settings(Settings(), pack.manifest.detector)
+    )
     for path in chips:
         chip = np.asarray(Image.open(path).convert("RGB"))
         assert chip.shape == (CHIP[1], CHIP[0], 3)
