@@ -7,6 +7,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from pydantic import ValidationError
+
 from service.auth.keys import KeyStore, KeyStoreError, parse_scopes
 from service.settings import Settings, load_settings
 
@@ -163,9 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _settings_problem(error: ValidationError) -> str:
+    # One line per bad variable; the offending values are not echoed (one may be FACE_API_KEY).
+    names = ("FACE_" + "_".join(str(part) for part in item["loc"]).upper() for item in error.errors())
+    problems = "; ".join(f"{name}: {item['msg']}" for name, item in zip(names, error.errors(), strict=True))
+    return f"invalid settings: {problems}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ValidationError as error:
+        return _fail(_settings_problem(error))
     _configure_logging(settings)
     handler: Command = args.handler
     return handler(args, settings)

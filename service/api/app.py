@@ -15,6 +15,7 @@ from service.api.domain_errors import install_domain_error_handlers
 from service.api.errors import install_error_handlers
 from service.api.metrics import ApiMetrics, MetricsMiddleware
 from service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from service.api.openapi import install_problem_openapi
 from service.api.routes import detect, embed, faces, health, identify, info, keys, subjects, verify
 from service.api.startup import build_services
 from service.api.state import AppServices
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None, *, services: AppServices | None
     install_domain_error_handlers(app)
     for router in _ROUTERS:
         app.include_router(router)
+    install_problem_openapi(app)
 
     # Added last = outermost: the request id wraps everything, so every response (413s included) has it.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)

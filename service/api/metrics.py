@@ -58,15 +58,20 @@ class ApiMetrics:
         self.gallery_faces = Gauge(
             "face_gallery_faces", "Enrolled faces in the gallery.", registry=self.registry
         )
+        # Equal to face_gallery_faces when the search index agrees with the store (worth an alert if not).
+        self.gallery_indexed_faces = Gauge(
+            "face_gallery_indexed_faces", "Faces in the search index.", registry=self.registry
+        )
 
     def observe_batch(self, size: int) -> None:
         """Hook for the embedding micro-batcher."""
         self.embedding_batch_size.observe(size)
 
-    def render(self, *, gallery_subjects: int, gallery_faces: int) -> bytes:
+    def render(self, *, gallery_subjects: int, gallery_faces: int, gallery_indexed_faces: int) -> bytes:
         """The text exposition, with gallery sizes read at scrape time."""
         self.gallery_subjects.set(gallery_subjects)
         self.gallery_faces.set(gallery_faces)
+        self.gallery_indexed_faces.set(gallery_indexed_faces)
         return generate_latest(self.registry)
 
 

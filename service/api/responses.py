@@ -19,3 +19,7 @@ IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "not found"}}
+
+SUBJECT_HAS_NO_FACES: dict[int | str, dict[str, Any]] = {
+    409: {"model": Problem, "description": "the subject has no enrolled face to compare with"}
+}

@@ -66,6 +66,15 @@ class Candidate:
     face_id: str  # the subject's best-matching face
 
 
+@dataclass(frozen=True)
+class GallerySizes:
+    """Store counts and index size read together (under the gallery lock): faces == indexed_faces."""
+
+    subjects: int
+    faces: int
+    indexed_faces: int
+
+
 class DataDirLock:
     """An exclusive advisory lock (flock) on ``<data_dir>/gallery.lock``; released at close or exit.
 
@@ -171,6 +180,12 @@ class Gallery:
 
     def counts(self) -> GalleryCounts:
         return self._store.counts()
+
+    def sizes(self) -> GallerySizes:
+        """Subjects and faces in the store and faces in the index, as one consistent snapshot."""
+        with self._lock:
+            counts = self._store.counts()
+            return GallerySizes(counts.subjects, counts.faces, self._index.size)
 
     # ------------------------------------------------------------------ subjects (store only)
 

@@ -57,6 +57,8 @@ async def readyz(request: Request) -> JSONResponse:
     responses={200: {"content": {METRICS_CONTENT_TYPE: {}}}},
 )
 async def metrics(services: Services) -> Response:
-    counts = await run_in_threadpool(services.gallery.counts)
-    body = services.metrics.render(gallery_subjects=counts.subjects, gallery_faces=counts.faces)
+    sizes = await run_in_threadpool(services.gallery.sizes)
+    body = services.metrics.render(
+        gallery_subjects=sizes.subjects, gallery_faces=sizes.faces, gallery_indexed_faces=sizes.indexed_faces
+    )
     return Response(body, media_type=METRICS_CONTENT_TYPE)

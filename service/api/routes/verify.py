@@ -14,7 +14,7 @@ from service.api.errors import ApiError, FieldError
 from service.api.images import load_image
 from service.api.params import ThresholdForm, ThresholdQuery
 from service.api.presenters import box_of
-from service.api.responses import IMAGE_ERRORS, NOT_FOUND
+from service.api.responses import IMAGE_ERRORS, NOT_FOUND, SUBJECT_HAS_NO_FACES
 from service.api.schemas import ComparedFace, SubjectRef, ThresholdOut, VerifyResponse
 from service.api.state import AppServices
 from service.pipeline.types import EmbeddedFace
@@ -60,7 +60,11 @@ def _mode_error(detail: str) -> ApiError:
     )
 
 
-@router.post("/verify", summary="Verify: same person?", responses={**IMAGE_ERRORS, **NOT_FOUND})
+@router.post(
+    "/verify",
+    summary="Verify: same person?",
+    responses={**IMAGE_ERRORS, **NOT_FOUND, **SUBJECT_HAS_NO_FACES},
+)
 async def verify(
     services: Services,
     _: ReadAccess,
