@@ -216,37 +216,38 @@ def _cmd_export(args: argparse.Namespace) -> int:
             f"makes {convention.input_size} chips"
         )
     embedding_size = args.embedding_size or contents.embedding_size or entry.default_embedding_size
-    torch.set_grad_enabled(False)
-    model = _build_with_weights(args.backbone, contents.state_dict, embedding_size, args.checkpoint)
-    result = write_embedder_pack(
-        model,
-        EmbedderPackRequest(
-            out_dir=args.out,
-            convention=convention,
-            embedding_size=embedding_size,
-            id_prefix=args.id_prefix or args.backbone,
-            description=f"{args.backbone} ({embedding_size}-d) from {args.checkpoint.name}, "
-            f"{convention.name} chips, RetinaFace MobileNet-0.25 detector",
-            provenance=Provenance(
-                source=args.source or f"checkpoint {args.checkpoint.name}", license=args.license
+    # Inference only; a context manager, not set_grad_enabled: callers (tests, scripts) keep their mode.
+    with torch.no_grad():
+        model = _build_with_weights(args.backbone, contents.state_dict, embedding_size, args.checkpoint)
+        result = write_embedder_pack(
+            model,
+            EmbedderPackRequest(
+                out_dir=args.out,
+                convention=convention,
+                embedding_size=embedding_size,
+                id_prefix=args.id_prefix or args.backbone,
+                description=f"{args.backbone} ({embedding_size}-d) from {args.checkpoint.name}, "
+                f"{convention.name} chips, RetinaFace MobileNet-0.25 detector",
+                provenance=Provenance(
+                    source=args.source or f"checkpoint {args.checkpoint.name}", license=args.license
+                ),
+                calibration=Calibration(
+                    operating_points={
+                        "default": OperatingPoint(
+                            threshold=args.threshold,
+                            source="given to face-export export; not calibrated: run `face-eval calibrate`",
+                        )
+                    }
+                ),
+                write_detector=write_retinaface_onnx,
+                flip_augmentation=args.flip,
+                fp16=args.fp16,
+                parity_images=args.parity_images,
+                created_by=f"face-export export --backbone {args.backbone}",
             ),
-            calibration=Calibration(
-                operating_points={
-                    "default": OperatingPoint(
-                        threshold=args.threshold,
-                        source="given to face-export export; not calibrated: run `face-eval calibrate`",
-                    )
-                }
-            ),
-            write_detector=write_retinaface_onnx,
-            flip_augmentation=args.flip,
-            fp16=args.fp16,
-            parity_images=args.parity_images,
-            created_by=f"face-export export --backbone {args.backbone}",
-        ),
-    )
-    print(f"pack {result.manifest.id} written to {result.pack_dir}")
-    return 0
+        )
+        print(f"pack {result.manifest.id} written to {result.pack_dir}")
+        return 0
 
 
 def _cmd_default_pack(args: argparse.Namespace) -> int:

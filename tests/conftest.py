@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,3 +27,13 @@ def default_pack_dir() -> Path:
     from service.settings import Settings
 
     return build_default_pack(Settings().models_dir / "default")
+
+
+@pytest.fixture(autouse=True)
+def _torch_grad_mode_is_not_leaked() -> Iterator[None]:
+    """Code under test must not switch torch's global grad mode off (tests after it would break)."""
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("the test left torch's grad mode disabled; use torch.no_grad() as a context manager")
