@@ -18,9 +18,13 @@ from torch import nn
 from models.registry import register_backbone
 
 _INPUT_SIZE = (112, 112)
-_FINAL_MAP = 7  # 112 / 2**4: the spatial size entering ``fc``
 _STAGE_WIDTHS = (64, 128, 256, 512)
 _BN_EPS = 1e-5
+
+
+def cuda_autocast_if(enabled: bool, x: torch.Tensor) -> contextlib.AbstractContextManager[object]:
+    """arcface_torch's fp16: CUDA autocast over a backbone's body, a no-op for CPU tensors."""
+    return torch.autocast(device_type="cuda") if enabled and x.is_cuda else contextlib.nullcontext()
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -62,36 +66,46 @@ class IResNet(nn.Module):
         embedding_size: int = 512,
         dropout: float = 0.0,
         fp16: bool = False,
+        stage_widths: Sequence[int] = _STAGE_WIDTHS,
+        input_size: int = _INPUT_SIZE[0],
+        conv_init_std: float | None = 0.1,
     ) -> None:
+        """``stage_widths``, ``input_size`` and ``conv_init_std`` default to arcface_torch's IResNet;
+        ``conv_init_std=None`` uses Kaiming initialisation (better for narrow variants)."""
         super().__init__()
-        if len(blocks_per_stage) != len(_STAGE_WIDTHS) or min(blocks_per_stage) < 1:
-            raise ValueError(f"need {len(_STAGE_WIDTHS)} stages of >= 1 block, got {list(blocks_per_stage)}")
+        if len(stage_widths) != 4 or len(blocks_per_stage) != 4 or min(blocks_per_stage) < 1:
+            raise ValueError(f"need 4 stages of >= 1 block, got {list(blocks_per_stage)}")
+        final_map = input_size // 2 ** len(stage_widths)
+        if final_map < 1 or final_map * 2 ** len(stage_widths) != input_size:
+            raise ValueError(f"input_size must be a multiple of 16, got {input_size}")
         if embedding_size < 1:
             raise ValueError(f"embedding_size must be positive, got {embedding_size}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.fp16 = fp16
-        stem_width = _STAGE_WIDTHS[0]
+        self._conv_init_std = conv_init_std
+        stem_width = stage_widths[0]
         self.conv1 = _conv3x3(3, stem_width)
         self.bn1 = nn.BatchNorm2d(stem_width, eps=_BN_EPS)
         self.prelu = nn.PReLU(stem_width)
         in_channels = stem_width
         stages = []
-        for width, num_blocks in zip(_STAGE_WIDTHS, blocks_per_stage, strict=True):
+        for width, num_blocks in zip(stage_widths, blocks_per_stage, strict=True):
             stages.append(_make_stage(in_channels, width, num_blocks))
             in_channels = width
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.bn2 = nn.BatchNorm2d(in_channels, eps=_BN_EPS)
         self.dropout = nn.Dropout(p=dropout, inplace=True)
-        self.fc = nn.Linear(in_channels * _FINAL_MAP * _FINAL_MAP, embedding_size)
+        self.fc = nn.Linear(in_channels * final_map * final_map, embedding_size)
         self.features = nn.BatchNorm1d(embedding_size, eps=_BN_EPS)
         self._init_weights()
 
     def _init_weights(self) -> None:
         # The original's initialisation: N(0, 0.1) convolutions, unit/zero BatchNorm2d.
+        std = self._conv_init_std
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
-                nn.init.normal_(module.weight, 0.0, 0.1)
+                _init_conv(module, std)
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
@@ -103,8 +117,7 @@ class IResNet(nn.Module):
         # Mixed precision covers the convolutional body only; fc and the embedding BN run in float32.
         # Like the original, fp16 means CUDA autocast, a no-op for CPU tensors.
         use_amp = self.fp16 and x.is_cuda
-        body_precision = torch.autocast(device_type="cuda") if use_amp else contextlib.nullcontext()
-        with body_precision:
+        with cuda_autocast_if(self.fp16, x):
             x = self.prelu(self.bn1(self.conv1(x)))
             x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
             x = self.bn2(x)
@@ -112,6 +125,13 @@ class IResNet(nn.Module):
             x = self.dropout(x)
         x = self.fc(x.to(self.fc.weight.dtype) if use_amp else x)
         return self.features(x)
+
+
+def _init_conv(conv: nn.Conv2d, std: float | None) -> None:
+    if std is None:
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    else:
+        nn.init.normal_(conv.weight, 0.0, std)
 
 
 def _make_stage(in_channels: int, channels: int, num_blocks: int) -> nn.Sequential:

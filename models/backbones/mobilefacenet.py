@@ -9,11 +9,10 @@ Input: 112×112 RGB.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
+from models.backbones.iresnet import cuda_autocast_if
 from models.registry import register_backbone
 
 _INPUT_SIZE = (112, 112)
@@ -154,8 +153,7 @@ class MobileFaceNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # As in arcface_torch: CUDA autocast over the body only when fp16 (a no-op for CPU tensors).
         use_amp = self.fp16 and x.is_cuda
-        body_precision = torch.autocast(device_type="cuda") if use_amp else contextlib.nullcontext()
-        with body_precision:
+        with cuda_autocast_if(self.fp16, x):
             for layer in self.layers:
                 x = layer(x)
         x = self.conv_sep(x.float() if use_amp else x)
