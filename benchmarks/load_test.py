@@ -12,7 +12,7 @@ other than the expected 2xx, or a transport error, counts as an error. The run p
 latencies per kind, requests/s, errors and the RSS samples (first and last thirds compared), and
 writes everything as JSON.
 
-RSS is read from ``/proc/<pid>/status`` (Linux).
+The server side lives in ``benchmarks/local_server.py``.
 """
 
 from __future__ import annotations
@@ -20,181 +20,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import secrets
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.local_server import REPO_ROOT, LocalServer, rss_bytes
+
 DEFAULT_FACES_DIR = REPO_ROOT.parent / "shared" / "data" / "faces" / "dlib_johns"
 DEFAULT_MIX = {"identify": 0.5, "verify": 0.3, "enroll": 0.2}
 ENROLL_AT_START = 3  # images per person enrolled before the clock starts
-
-
-# ---------------------------------------------------------------------------------------------- server
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def rss_bytes(pid: int) -> int | None:
-    """Resident set size of ``pid`` from /proc (None once the process is gone)."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None
-
-
-def _serve_command() -> list[str]:
-    # The real console script of this environment; `python -m service.cli` when it is not installed.
-    script = Path(sys.executable).with_name("face-service")
-    return [str(script), "serve"] if script.exists() else [sys.executable, "-m", "service.cli", "serve"]
-
-
-class LocalServer:
-    """``face-service serve`` as a child process on 127.0.0.1 with a free port.
-
-    stdout and stderr go to ``log_path``. ``start`` can be called again after ``kill``/``stop`` (same
-    data dir, same key, a new port): that is how the crash test restarts the service.
-    """
-
-    def __init__(
-        self,
-        data_dir: Path,
-        *,
-        api_key: str | None = None,
-        env: Mapping[str, str] | None = None,
-        log_path: Path | None = None,
-    ) -> None:
-        self.data_dir = Path(data_dir)
-        self.api_key = api_key or f"load-{secrets.token_urlsafe(24)}"
-        self.extra_env = dict(env or {})
-        self.log_path = log_path or self.data_dir.parent / f"{self.data_dir.name}-server.log"
-        self.port = 0
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        if self._process is None:
-            raise RuntimeError("the server is not running")
-        return self._process.pid
-
-    def environment(self) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("FACE_")}
-        env.update(
-            {
-                "FACE_DATA_DIR": str(self.data_dir),
-                "FACE_API_KEY": self.api_key,
-                "FACE_PORT": str(self.port),
-                "FACE_HOST": "127.0.0.1",
-                "FACE_INTRA_OP_THREADS": "1",
-                "FACE_DEVICE": "cpu",
-                "FACE_LOG_LEVEL": "warning",
-            }
-        )
-        # Only the models location is taken from the caller's FACE_* settings (where the pack is).
-        for name in ("FACE_MODELS_DIR", "FACE_PACK"):
-            if name in os.environ:
-                env[name] = os.environ[name]
-        env.update(self.extra_env)
-        return env
-
-    def start(self, ready_timeout_s: float = 120.0) -> None:
-        if self._process is not None:
-            raise RuntimeError("the server is already running")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in _reap)
-        self._process = subprocess.Popen(
-            _serve_command(),
-            cwd=REPO_ROOT,
-            env=self.environment(),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self._wait_ready(ready_timeout_s)
-
-    def _wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._process is not None and self._process.poll() is not None:
-                code = self._process.returncode
-                self._reap()
-                raise RuntimeError(f"the server exited with status {code} at start; see {self.log_path}")
-            try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=2.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.kill()
-        raise RuntimeError(f"the server was not ready within {timeout_s:.0f} s; see {self.log_path}")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs (the crash the gallery must survive)."""
-        if self._process is not None:
-            self._process.send_signal(signal.SIGKILL)
-            self._process.wait(timeout=30)
-        self._reap()
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        """A clean shutdown (SIGINT, as Ctrl+C); returns the exit status."""
-        if self._process is None:
-            return 0
-        self._process.send_signal(signal.SIGINT)
-        try:
-            code = self._process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            code = self._process.wait(timeout=30)
-        self._reap()
-        return code
-
-    def _reap(self) -> None:
-        self._process = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
-
-    def __enter__(self) -> LocalServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._process is not None:
-            self.stop()
 
 
 # ---------------------------------------------------------------------------------------------- load

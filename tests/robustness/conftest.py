@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.load_test import FaceImages, LocalServer
+from benchmarks.load_test import FaceImages
+from benchmarks.local_server import LocalServer
 
 
 def heavy_run() -> bool:

@@ -29,7 +29,8 @@ import httpx
 import pytest
 from PIL import Image, ImageEnhance
 
-from benchmarks.load_test import FaceImages, LocalServer
+from benchmarks.load_test import FaceImages
+from benchmarks.local_server import LocalServer
 from tests.robustness.conftest import ServerFactory, heavy_run
 
 KILLS = 20 if heavy_run() else 3

@@ -34,7 +34,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import ValidationError
 
-from benchmarks.load_test import LocalServer
+from benchmarks.local_server import LocalServer
 from service.api.errors import PROBLEM_MEDIA_TYPE
 from service.auth import keys as keys_module
 from service.auth.authenticator import Authenticator
