@@ -23,33 +23,28 @@ _FINAL_MAP = 7  # 112 / 2**4
 
 
 class ConvBlock(nn.Module):
-    """conv → BN → PReLU (``layers.0/1/2``)."""
+    """conv → BN → PReLU (``layers.0/1/2``); without ``activation`` the linear bottleneck projection
+    (``layers.0/1``, arcface_torch's ``LinearBlock``)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, *, kernel: int, stride: int, padding: int, groups: int = 1
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        kernel: int,
+        stride: int,
+        padding: int,
+        groups: int = 1,
+        activation: bool = True,
     ) -> None:
         super().__init__()
-        self.layers = nn.Sequential(
+        layers: list[nn.Module] = [
             nn.Conv2d(in_channels, out_channels, kernel, stride, padding, groups=groups, bias=False),
             nn.BatchNorm2d(out_channels),
-            nn.PReLU(out_channels),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
-class LinearBlock(nn.Module):
-    """conv → BN without activation (``layers.0/1``): the linear bottleneck projection."""
-
-    def __init__(
-        self, in_channels: int, out_channels: int, *, kernel: int, stride: int, padding: int, groups: int = 1
-    ) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, kernel, stride, padding, groups=groups, bias=False),
-            nn.BatchNorm2d(out_channels),
-        )
+        ]
+        if activation:
+            layers.append(nn.PReLU(out_channels))
+        self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -68,7 +63,7 @@ class DepthWise(nn.Module):
         self.layers = nn.Sequential(
             ConvBlock(in_channels, expanded, kernel=1, stride=1, padding=0),
             ConvBlock(expanded, expanded, kernel=3, stride=stride, padding=1, groups=expanded),
-            LinearBlock(expanded, out_channels, kernel=1, stride=1, padding=0),
+            ConvBlock(expanded, out_channels, kernel=1, stride=1, padding=0, activation=False),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,8 +93,14 @@ class GDC(nn.Module):
     def __init__(self, embedding_size: int, dropout: float) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            LinearBlock(
-                _HEAD_CHANNELS, _HEAD_CHANNELS, kernel=_FINAL_MAP, stride=1, padding=0, groups=_HEAD_CHANNELS
+            ConvBlock(
+                _HEAD_CHANNELS,
+                _HEAD_CHANNELS,
+                kernel=_FINAL_MAP,
+                stride=1,
+                padding=0,
+                groups=_HEAD_CHANNELS,
+                activation=False,
             ),
             # Index 1 holds no parameters in the original (Flatten), so dropout can live here keylessly.
             nn.Sequential(nn.Flatten(), nn.Dropout(p=dropout)),
