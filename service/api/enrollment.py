@@ -15,21 +15,20 @@ import numpy as np
 from fastapi import UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from service.api.faces_work import AssessedFace, assess_faces
 from service.api.images import decode_bytes, read_upload
 from service.api.state import AppServices
 from service.gallery.store import NewFace, StoredCrop
 from service.pipeline.decode import ImageDecodeError
 from service.pipeline.face_pipeline import FacePipeline
 from service.pipeline.quality import QualityBars, Rejection, enrollment_rejection
-from service.pipeline.types import ImageArray
+from service.pipeline.types import AlignedFace, ImageArray
 
 
 @dataclass(frozen=True)
 class Candidate:
     """An image whose face passed every check, waiting to be embedded and committed."""
 
-    face: AssessedFace
+    face: AlignedFace
     image: ImageArray
 
 
@@ -43,7 +42,7 @@ class ImageOutcome:
 
 def _choose_face(
     pipeline: FacePipeline, image: ImageArray, bars: QualityBars
-) -> tuple[AssessedFace | None, Rejection | None]:
+) -> tuple[AlignedFace | None, Rejection | None]:
     faces = pipeline.detect(image)
     if not faces:
         return None, Rejection("no_face", "no face found in the image")
@@ -54,7 +53,7 @@ def _choose_face(
             f"{len(big_enough)} faces of at least {bars.min_face_size:g} px; enroll images with one person",
         )
     # The one big-enough face, or else the largest small one (it fails the size bar with a clear reason).
-    (assessed,) = assess_faces(pipeline, image, big_enough[:1] or faces[:1])
+    (assessed,) = pipeline.align_and_assess(image, big_enough[:1] or faces[:1])
     return assessed, enrollment_rejection(assessed.quality, bars)
 
 

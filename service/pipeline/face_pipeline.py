@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -20,7 +19,7 @@ from service.pipeline.detect import DetectionOptions, FaceDetector, build_detect
 from service.pipeline.embed import Embedder
 from service.pipeline.quality import assess_quality
 from service.pipeline.runtime import RuntimeOptions, create_session
-from service.pipeline.types import DetectedFace, EmbeddedFace, FaceQuality, FloatArray, ImageArray
+from service.pipeline.types import AlignedFace, DetectedFace, EmbeddedFace, FloatArray, ImageArray
 
 if TYPE_CHECKING:
     from service.packs.loader import LoadedPack
@@ -30,13 +29,6 @@ if TYPE_CHECKING:
 # Stored crops keep this much extra context on each side (fraction of the chip's width/height), so
 # that re-embedding with a pack whose template crops looser still finds the face's surroundings.
 STORAGE_CROP_MARGIN = 0.25
-
-
-@dataclass(frozen=True)
-class _AlignedFace:
-    face: DetectedFace
-    quality: FaceQuality
-    chip: ImageArray
 
 
 class FacePipeline:
@@ -167,28 +159,36 @@ class FacePipeline:
 
     def analyze_sync(self, image: ImageArray, *, max_faces: int | None = None) -> list[EmbeddedFace]:
         """Every face (largest first, at most ``max_faces``) with its quality, chip and embedding."""
-        aligned = self._detect_and_align(image, max_faces)
+        aligned = self.detect_and_align(image, max_faces=max_faces)
         return _embedded(aligned, self.embed_chips_sync([item.chip for item in aligned]))
 
     async def analyze(self, image: ImageArray, *, max_faces: int | None = None) -> list[EmbeddedFace]:
         """``analyze_sync`` for the event loop: detection in a thread, embedding micro-batched."""
-        aligned = await asyncio.to_thread(self._detect_and_align, image, max_faces)
+        aligned = await asyncio.to_thread(self.detect_and_align, image, max_faces=max_faces)
+        return await self.embed_aligned(aligned)
+
+    async def embed_aligned(self, aligned: Sequence[AlignedFace]) -> list[EmbeddedFace]:
+        """Embed already aligned faces through the micro-batcher."""
         if not aligned:
             return []
         return _embedded(aligned, await self.embed_chips([item.chip for item in aligned]))
 
-    def _detect_and_align(self, image: ImageArray, max_faces: int | None) -> list[_AlignedFace]:
+    def detect_and_align(self, image: ImageArray, *, max_faces: int | None = None) -> list[AlignedFace]:
+        """Every face (largest first, at most ``max_faces``) aligned and assessed, not embedded."""
         if max_faces is not None and max_faces < 1:
             raise ValueError(f"max_faces must be >= 1, got {max_faces}")
-        faces = self.detect(image)[:max_faces]
+        return self.align_and_assess(image, self.detect(image)[:max_faces])
+
+    def align_and_assess(self, image: ImageArray, faces: Sequence[DetectedFace]) -> list[AlignedFace]:
+        """Each face's chip and quality (blocking)."""
         aligned = []
         for face in faces:
             chip = self.align(image, face)
-            aligned.append(_AlignedFace(face, assess_quality(face, chip), chip))
+            aligned.append(AlignedFace(face, assess_quality(face, chip), chip))
         return aligned
 
 
-def _embedded(aligned: Sequence[_AlignedFace], embeddings: FloatArray) -> list[EmbeddedFace]:
+def _embedded(aligned: Sequence[AlignedFace], embeddings: FloatArray) -> list[EmbeddedFace]:
     return [
         EmbeddedFace(face=item.face, quality=item.quality, chip=item.chip, embedding=embedding)
         for item, embedding in zip(aligned, embeddings, strict=True)

@@ -41,6 +41,13 @@ class FaceQuality:
 
 
 @dataclass(frozen=True)
+class AlignedFace:
+    face: DetectedFace
+    quality: FaceQuality
+    chip: ImageArray  # the aligned crop (RGB) at the embedder's input size
+
+
+@dataclass(frozen=True)
 class EmbeddedFace:
     face: DetectedFace
     quality: FaceQuality

@@ -265,3 +265,26 @@ def test_restarted_app_finds_the_gallery_intact(
         for person in people:
             faces = restarted.get(f"/v1/subjects/{ids[person.name]}/faces", headers=H).json()["faces"]
             assert len(faces) == 3
+
+
+def test_verify_compares_the_chosen_faces_of_a_group_photo(enrolled: Enrolled) -> None:
+    from importlib import resources
+
+    group = (resources.files("insightface") / "data" / "images" / "t1.jpg").read_bytes()
+
+    def verify(index_a: int, index_b: int) -> dict:
+        files = [("image_a", ("t1.jpg", group, "image/jpeg")), ("image_b", ("t1.jpg", group, "image/jpeg"))]
+        data = {"face_index_a": str(index_a), "face_index_b": str(index_b)}
+        response = enrolled.client.post("/v1/verify", files=files, data=data, headers=H)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    same_face = verify(2, 2)
+    assert same_face["match"] is True
+    assert same_face["similarity"] > 0.999  # the same face of the same photo
+    assert same_face["face_a"]["faces_in_image"] == same_face["face_b"]["faces_in_image"] == 6
+    assert same_face["face_a"]["box"] == same_face["face_b"]["box"]
+
+    neighbours = verify(0, 1)  # two different people in the photo
+    assert neighbours["match"] is False
+    assert neighbours["face_a"]["box"] != neighbours["face_b"]["box"]

@@ -27,11 +27,10 @@ _MAX_FACE_INDEX = 999
 async def _chosen_face(
     services: AppServices, upload: UploadFile, field: str, face_index: int, index_field: str
 ) -> tuple[EmbeddedFace, ComparedFace]:
-    """Embed faces up to ``face_index`` (largest first) and return that one."""
+    """Detect every face (largest first), then embed only the one at ``face_index``."""
     pixels = await load_image(upload, field, services.settings)
-    faces = await services.pipeline.analyze(pixels, max_faces=face_index + 1)
+    faces = await run_in_threadpool(services.pipeline.detect, pixels)
     services.metrics.faces_detected.inc(len(faces))
-    services.metrics.faces_embedded.inc(len(faces))
     if not faces:
         raise ApiError(
             422, "no_face", f"{field}: no face found", errors=[FieldError(field, "no face found", "no_face")]
@@ -43,7 +42,11 @@ async def _chosen_face(
             f"{index_field} is {face_index} but {field} has {len(faces)} face(s)",
             errors=[FieldError(index_field, f"{field} has {len(faces)} face(s)", "face_index_out_of_range")],
         )
-    chosen = faces[face_index]
+    aligned = await run_in_threadpool(
+        services.pipeline.align_and_assess, pixels, faces[face_index : face_index + 1]
+    )
+    (chosen,) = await services.pipeline.embed_aligned(aligned)
+    services.metrics.faces_embedded.inc()
     return chosen, ComparedFace(
         face_index=face_index, faces_in_image=len(faces), box=box_of(chosen.face), score=chosen.face.score
     )
