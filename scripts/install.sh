@@ -46,14 +46,17 @@ run() {
 
 # Checks the extras against pyproject.toml (pip only warns about unknown ones) and prints the torch
 # requirement of the requested extras, if any: pyproject.toml is the one place torch is pinned.
-torch_spec="$(
+# A second line lists the requested extras' [tool.face-service.no-deps] packages.
+spec_lines="$(
     "$python" - "$extras" <<'PY'
 import re
 import sys
 import tomllib
 
 with open("pyproject.toml", "rb") as f:
-    optional = tomllib.load(f)["project"].get("optional-dependencies", {})
+    project = tomllib.load(f)
+optional = project["project"].get("optional-dependencies", {})
+no_deps = project.get("tool", {}).get("face-service", {}).get("no-deps", {})
 requested = [name for name in sys.argv[1].split(",") if name]
 unknown = sorted(set(requested) - set(optional))
 if unknown:
@@ -62,8 +65,12 @@ specs = {spec for name in requested for spec in optional[name] if re.match(r"tor
 if len(specs) > 1:
     sys.exit(f"install.sh: conflicting torch requirements in the extras: {sorted(specs)}")
 print(*specs)
+print(*(spec for name in requested for spec in no_deps.get(name, [])))
 PY
 )"
+mapfile -t specs <<<"$spec_lines"
+torch_spec="${specs[0]:-}"
+no_deps_specs="${specs[1]:-}"
 
 run "$python" -m pip install --upgrade pip setuptools wheel
 
@@ -85,4 +92,17 @@ if ((editable)); then
     run "$python" -m pip install -e "$target"
 else
     run "$python" -m pip install "$target"
+fi
+
+if [[ -n "$no_deps_specs" ]]; then
+    # shellcheck disable=SC2086 # one word per requirement
+    run "$python" -m pip install --no-deps $no_deps_specs
+fi
+
+# opencv-python and opencv-python-headless share the cv2/ folder: an environment that still has the
+# GUI build (an older install, or a package that pulled it in) gets the headless build alone.
+if [[ "${INSTALL_DRY_RUN:-0}" != 1 ]] && "$python" -m pip show --quiet opencv-python >/dev/null 2>&1; then
+    headless="$("$python" -c 'from importlib.metadata import version; print(version("opencv-python-headless"))')"
+    run "$python" -m pip uninstall --yes opencv-python
+    run "$python" -m pip install --force-reinstall --no-deps "opencv-python-headless==$headless"
 fi

@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.pipeline.face_choice import FacePolicy
+
 
 def _xdg_dir(env_name: str, fallback: str) -> Path:
     base = os.environ.get(env_name)
@@ -72,6 +74,9 @@ class Settings(BaseSettings):
     det_nms_threshold: float | None = Field(None, gt=0.0, lt=1.0)
     max_faces: int = Field(32, ge=1, le=1000)
     min_face_size: int = Field(16, ge=1)  # pixels, shorter side of the box
+    # Which face of a photo verify, identify (one face), enrollment and face-eval take; chosen by
+    # measurement on celeba_wild (docs/evaluation.md, "The right face").
+    face_policy: FacePolicy = FacePolicy.CENTRE
 
     # --- input limits
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)

@@ -29,6 +29,15 @@ def default_pack_dir() -> Path:
     return build_default_pack(Settings().models_dir / "default")
 
 
+@pytest.fixture(scope="session")
+def dlib_pack_dir() -> Path:
+    """The dlib pack (``FACE_PACK=dlib``) in the configured models directory, built once if missing."""
+    from export.dlib_pack import build_dlib_pack
+    from service.settings import Settings
+
+    return build_dlib_pack(Settings().models_dir / "dlib")
+
+
 @pytest.fixture(autouse=True)
 def _torch_grad_mode_is_not_leaked() -> Iterator[None]:
     """Code under test must not switch torch's global grad mode off (tests after it would break)."""

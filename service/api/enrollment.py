@@ -1,8 +1,10 @@
 """Enrollment: which uploaded images give a face worth keeping, and committing them together.
 
-Per image: decode → detect → exactly one face of enrollment size (smaller background faces are
-ignored; two or more big enough is ``multiple_faces``) → quality bars. The accepted faces of one
-request are embedded in one batch and committed in ONE gallery transaction: all of them, or none.
+Per image: decode → detect → one face of enrollment size (smaller background faces are ignored; two
+or more big enough is ``multiple_faces`` unless the request names a face policy, which then chooses
+among them: enrolling a bystander under someone's name must be asked for) → quality bars. The
+accepted faces of one request are embedded in one batch and committed in ONE gallery transaction:
+all of them, or none.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from service.api.images import decode_bytes, read_upload
 from service.api.state import AppServices
 from service.gallery.store import NewFace, StoredCrop
 from service.pipeline.decode import ImageDecodeError
+from service.pipeline.face_choice import FacePolicy, choose_face
 from service.pipeline.face_pipeline import FacePipeline
 from service.pipeline.quality import QualityBars, Rejection, enrollment_rejection
 from service.pipeline.types import AlignedFace, ImageArray
@@ -41,23 +44,28 @@ class ImageOutcome:
 
 
 def _choose_face(
-    pipeline: FacePipeline, image: ImageArray, bars: QualityBars
+    pipeline: FacePipeline, image: ImageArray, bars: QualityBars, policy: FacePolicy | None
 ) -> tuple[AlignedFace | None, Rejection | None]:
     faces = pipeline.detect(image)
     if not faces:
         return None, Rejection("no_face", "no face found in the image")
     big_enough = [face for face in faces if min(face.width, face.height) >= bars.min_face_size]
-    if len(big_enough) > 1:
+    if len(big_enough) > 1 and policy is None:
         return None, Rejection(
             "multiple_faces",
-            f"{len(big_enough)} faces of at least {bars.min_face_size:g} px; enroll images with one person",
+            f"{len(big_enough)} faces of at least {bars.min_face_size:g} px; enroll images with one person "
+            "or pass face_policy to choose one",
         )
+    if len(big_enough) > 1 and policy is not None:
+        big_enough = [big_enough[choose_face(big_enough, (image.shape[1], image.shape[0]), policy) or 0]]
     # The one big-enough face, or else the largest small one (it fails the size bar with a clear reason).
     (assessed,) = pipeline.align_and_assess(image, big_enough[:1] or faces[:1])
     return assessed, enrollment_rejection(assessed.quality, bars)
 
 
-def _examine(services: AppServices, data: bytes, index: int, filename: str | None) -> ImageOutcome:
+def _examine(
+    services: AppServices, data: bytes, index: int, filename: str | None, policy: FacePolicy | None
+) -> ImageOutcome:
     """Decode and check one image (blocking)."""
     try:
         image = decode_bytes(data, services.settings)
@@ -65,19 +73,21 @@ def _examine(services: AppServices, data: bytes, index: int, filename: str | Non
         return ImageOutcome(
             index, filename, rejection=Rejection("invalid_image", f"{exc.code}: {exc.detail}")
         )
-    face, rejection = _choose_face(services.pipeline, image, services.quality_bars)
+    face, rejection = _choose_face(services.pipeline, image, services.quality_bars, policy)
     if rejection is not None or face is None:
         return ImageOutcome(index, filename, rejection=rejection)
     return ImageOutcome(index, filename, candidate=Candidate(face, image))
 
 
-async def examine_uploads(services: AppServices, uploads: list[UploadFile]) -> list[ImageOutcome]:
+async def examine_uploads(
+    services: AppServices, uploads: list[UploadFile], policy: FacePolicy | None = None
+) -> list[ImageOutcome]:
     """Every image's outcome, in request order; images are examined concurrently in worker threads."""
     datas = [await read_upload(upload) for upload in uploads]
     return list(
         await asyncio.gather(
             *(
-                run_in_threadpool(_examine, services, data, index, upload.filename)
+                run_in_threadpool(_examine, services, data, index, upload.filename, policy)
                 for index, (data, upload) in enumerate(zip(datas, uploads, strict=True))
             )
         )

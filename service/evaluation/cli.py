@@ -1,13 +1,16 @@
 """``face-eval``: measured accuracy of a pack on your images, and thresholds calibrated on them.
 
-    face-eval pairs      --pairs pairs.txt --images DIR [--format lfw|csv] [--labels labels.csv] [--json]
-    face-eval identify   --images DIR --gallery-per-identity K [--impostors N] [--seed S]
+    face-eval pairs      --pairs pairs.txt --images DIR [--format lfw|csv] [--labels labels.csv]
+                         [--scores scores.csv] [--json]
+    face-eval identify   --images DIR --gallery-per-identity K [--non-mated single-image|FILE]
+                         [--impostors N] [--fpirs 1e-1 1e-2] [--seed S]
     face-eval calibrate  --pairs pairs.txt --images DIR --fars 1e-2 1e-3 1e-4 [--write PACK_DIR]
     face-eval make-pairs --images DIR --out pairs.txt [--folds 10] [--per-fold N] [--seed S]
 
-Every image goes through the service's own FacePipeline (decode, detect, align, embed) with the
-same Settings (``FACE_*``), and identification through its Gallery and FaceIndex. With ``--json``
-the last line of standard output is one JSON object.
+Every image goes through the service's own FacePipeline (decode, detect, choose a face, align,
+embed) with the same Settings (``FACE_*``), and identification through its Gallery and FaceIndex.
+``--face``, ``--flip`` and ``--det-input-size`` override the face choice, flip TTA and detector size
+for one run. With ``--json`` the last line of standard output is one JSON object.
 """
 
 from __future__ import annotations
@@ -26,9 +29,23 @@ from service.evaluation.calibrate import (
     calibration_file,
     write_calibration,
 )
-from service.evaluation.embed_files import EmbeddingRun, EmbedOptions, FileEmbedder, stderr_progress
+from service.evaluation.embed_files import (
+    EmbeddingRun,
+    EmbedOptions,
+    FileEmbedder,
+    build_pipeline,
+    stderr_progress,
+)
 from service.evaluation.embedding_cache import EmbeddingCache, file_sha256
-from service.evaluation.identify import RunFacts, evaluate_identification, split_identities
+from service.evaluation.identify import (
+    DEFAULT_FPIRS,
+    SINGLE_IMAGE,
+    RunFacts,
+    evaluate_identification,
+    read_identity_list,
+    single_image_identities,
+    split_identities,
+)
 from service.evaluation.pairs import (
     LFW_PATTERN,
     PairSet,
@@ -41,9 +58,17 @@ from service.evaluation.pairs import (
     read_labels_csv,
     read_lfw_pairs,
 )
-from service.evaluation.verification import NoFacePolicy, PairsEvaluation, report_for, score_pairs
+from service.evaluation.verification import (
+    NoFacePolicy,
+    PairsEvaluation,
+    named_point_results,
+    report_for,
+    score_pairs,
+    write_pair_scores,
+)
 from service.packs.loader import LoadedPack, PackError, load_pack
 from service.pipeline.decode import ImageDecodeError
+from service.pipeline.face_choice import FacePolicy
 from service.settings import Settings
 
 # Errors that mean "bad input": one line on stderr and exit status 2, no traceback.
@@ -82,20 +107,35 @@ class EvalContext:
         return self.embedder.embed_files(paths, progress)
 
 
-def _context(args: argparse.Namespace, pack_dir: Path | None = None) -> EvalContext:
+def _settings(args: argparse.Namespace) -> Settings:
+    """``FACE_*`` settings, with this run's ``--det-input-size`` over ``FACE_DET_INPUT_SIZE``."""
     settings = Settings()
+    if args.det_input_size is not None:
+        settings = settings.model_copy(update={"det_input_size": args.det_input_size})
+    return settings
+
+
+def _flip(args: argparse.Namespace) -> bool | None:
+    return None if args.flip is None else args.flip == "on"
+
+
+def _context(args: argparse.Namespace, pack_dir: Path | None = None) -> EvalContext:
+    settings = _settings(args)
     pack = load_pack(pack_dir or args.pack or settings.pack_dir)
     cache = None if args.no_cache else EmbeddingCache(args.cache or default_cache_dir(settings))
+    flip = _flip(args)
+    face = None if args.face is None else FacePolicy(args.face)
+    options = EmbedOptions.from_settings(settings, aligned=args.aligned, face_policy=face, flip=flip)
 
     def open_pipeline() -> Any:
-        from service.pipeline.face_pipeline import FacePipeline  # onnxruntime sessions: only on a miss
+        return build_pipeline(pack, settings, flip=flip)  # onnxruntime sessions: only on a cache miss
 
-        return FacePipeline.from_pack(pack, settings)
+    return EvalContext(settings, pack, FileEmbedder(pack, open_pipeline, options, cache), args.quiet)
 
-    options = EmbedOptions.from_settings(settings, aligned=args.aligned)
-    return EvalContext(
-        settings, pack, FileEmbedder(pack.manifest.id, open_pipeline, options, cache), args.quiet
-    )
+
+def _resolved_flip(context: EvalContext) -> bool:
+    flip = context.embedder.options.flip
+    return context.pack.manifest.embedder.flip_augmentation if flip is None else flip
 
 
 def _policy(args: argparse.Namespace) -> NoFacePolicy:
@@ -128,6 +168,8 @@ def _emit(text: str, payload: Mapping[str, Any], as_json: bool) -> None:
 def _evaluate_pairs(args: argparse.Namespace, context: EvalContext) -> tuple[PairSet, PairsEvaluation]:
     pairs = _read_pairs(args)
     run = context.embed(pairs.images)
+    if args.scores:
+        write_pair_scores(args.scores, pairs, run.results)
     policy = _policy(args)
     scored = score_pairs(pairs, run.results, policy)
     report = report_for(scored)
@@ -144,6 +186,9 @@ def _evaluate_pairs(args: argparse.Namespace, context: EvalContext) -> tuple[Pai
         seconds_per_image=run.seconds_per_image,
         cache_hits=run.cache_hits,
         computed=run.computed,
+        named_points=named_point_results(scored, context.pack.manifest.calibration.operating_points),
+        face_policy=context.embedder.options.face_policy.value,
+        flip=_resolved_flip(context),
     )
     if args.plot:
         from service.evaluation.plots import plot_roc_det
@@ -160,14 +205,38 @@ def run_pairs(args: argparse.Namespace) -> int:
     text = evaluation.to_text()
     if args.plot:
         text += f"\nplot:       {args.plot}"
-    _emit(text, evaluation.to_json(), args.json)
+    if args.scores:
+        text += f"\nscores:     {args.scores} (one row per pair)"
+    _emit(text, evaluation.to_json() | {"scores_file": _str_or_none(args.scores)}, args.json)
     return 0
+
+
+def _str_or_none(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _non_mated(value: str | None, folders: Mapping[str, Sequence[Path]]) -> list[str]:
+    """The identities ``--non-mated`` names: one-photo people, or those listed in a file."""
+    if value is None:
+        return []
+    if value == SINGLE_IMAGE:
+        names = single_image_identities(folders)
+        if not names:
+            raise ValueError("--non-mated single-image: no identity folder holds exactly one image")
+        return names
+    return read_identity_list(Path(value))
 
 
 def run_identify(args: argparse.Namespace) -> int:
     context = _context(args)
     folders = identity_folders(args.images)
-    split = split_identities(folders, args.gallery_per_identity, impostors=args.impostors, seed=args.seed)
+    split = split_identities(
+        folders,
+        args.gallery_per_identity,
+        impostors=args.impostors,
+        seed=args.seed,
+        non_mated=_non_mated(args.non_mated, folders),
+    )
     run = context.embed(split.images)
     facts = RunFacts(
         pack_id=context.pack.manifest.id,
@@ -176,14 +245,27 @@ def run_identify(args: argparse.Namespace) -> int:
         cache_hits=run.cache_hits,
         computed=run.computed,
     )
-    evaluation = evaluate_identification(split, run.results, facts, context.settings, policy=_policy(args))
+    evaluation = evaluate_identification(
+        split,
+        run.results,
+        facts,
+        context.settings,
+        policy=_policy(args),
+        fpirs=args.fpirs,
+        default_threshold=context.pack.manifest.calibration.operating_points["default"].threshold,
+    )
     payload = evaluation.to_json() | {
         "images_dir": str(args.images),
         "gallery_per_identity": args.gallery_per_identity,
         "impostor_identities": list(split.impostor_identities),
+        "non_mated": args.non_mated,
         "seed": args.seed,
+        "face_policy": context.embedder.options.face_policy.value,
+        "flip": _resolved_flip(context),
     }
-    _emit(f"images:     {args.images}\n" + evaluation.to_text(), payload, args.json)
+    flip = "on" if payload["flip"] else "off"
+    heading = f"images:     {args.images}\nface:       {payload['face_policy']} policy, flip {flip}\n"
+    _emit(heading + evaluation.to_text(), payload, args.json)
     return 0
 
 
@@ -191,11 +273,19 @@ def run_calibrate(args: argparse.Namespace) -> int:
     context = _context(args, pack_dir=args.pack or args.write)
     pairs = _read_pairs(args)
     run = context.embed(pairs.images)
+    if args.scores:
+        write_pair_scores(args.scores, pairs, run.results)
     policy = _policy(args)
     scored = score_pairs(pairs, run.results, policy)
     result = calibrate(scored.scores, scored.labels, args.fars, probability=args.probability)
     lines = [f"pairs:      {pairs.source}", f"pack:       {context.pack.manifest.id}", result.to_text()]
-    payload: dict[str, Any] = result.to_json() | {"pack_id": context.pack.manifest.id, "written": None}
+    payload: dict[str, Any] = result.to_json() | {
+        "pack_id": context.pack.manifest.id,
+        "written": None,
+        "scores_file": _str_or_none(args.scores),
+    }
+    if args.scores:
+        lines.append(f"scores:     {args.scores} (one row per pair)")
     if args.write:
         source = {
             "pairs_file": str(args.pairs.resolve()),
@@ -207,6 +297,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
             "no_face_images": len(run.no_face),
             "no_face_policy": policy.value,
             "aligned_input": args.aligned,
+            "face_policy": context.embedder.options.face_policy.value,
+            "flip": _resolved_flip(context),
+            "det_input_size": context.settings.det_input_size,
         }
         path = write_calibration(args.write, calibration_file(context.pack.manifest.id, result, source))
         payload["written"] = str(path)
@@ -246,12 +339,36 @@ def _far(text: str) -> float:
     return value
 
 
+def _det_input_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    # The bounds of Settings.det_input_size (FACE_DET_INPUT_SIZE).
+    if not 64 <= value <= 4096:
+        raise argparse.ArgumentTypeError(f"the detector input size is 64 to 4096 pixels, got {value}")
+    return value
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pack", type=Path, help="pack folder (default: FACE_MODELS_DIR/FACE_PACK)")
     parser.add_argument("--cache", type=Path, help="embedding cache folder (default: beside the packs)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     parser.add_argument(
         "--aligned", action="store_true", help="images already are the pack's aligned chips: skip detection"
+    )
+    parser.add_argument(
+        "--face",
+        choices=[policy.value for policy in FacePolicy],
+        help="which face of an image is embedded (default: FACE_FACE_POLICY, as the service does)",
+    )
+    parser.add_argument(
+        "--flip", choices=("on", "off"), help="flip test-time augmentation (default: as the pack's manifest)"
+    )
+    parser.add_argument(
+        "--det-input-size",
+        type=_det_input_size,
+        help="longest image side fed to the detector (default: FACE_DET_INPUT_SIZE)",
     )
     parser.add_argument(
         "--exclude-no-face",
@@ -276,6 +393,9 @@ def _add_pairs_input(parser: argparse.ArgumentParser) -> None:
         f"default {LFW_PATTERN}",
     )
     parser.add_argument("--ext", help="file extension replacing .jpg in the default pattern (e.g. png)")
+    parser.add_argument(
+        "--scores", type=Path, help="write one CSV row per pair: files, label, score, boxes, face counts"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,7 +415,22 @@ def build_parser() -> argparse.ArgumentParser:
     identify.add_argument(
         "--gallery-per-identity", type=int, required=True, help="images enrolled per identity"
     )
-    identify.add_argument("--impostors", type=int, default=0, help="identities left out as non-mated probes")
+    identify.add_argument(
+        "--non-mated",
+        metavar="single-image|FILE",
+        help="non-mated probes: people with exactly one photo (single-image), or the identity folders "
+        "listed in FILE (one name a line); never enrolled",
+    )
+    identify.add_argument(
+        "--impostors", type=int, default=0, help="more identities, drawn at random, left out as non-mated"
+    )
+    identify.add_argument(
+        "--fpirs",
+        type=_far,
+        nargs="+",
+        default=list(DEFAULT_FPIRS),
+        help="false-positive identification rates to report TPIR at (default: 1e-1 1e-2)",
+    )
     identify.add_argument("--seed", type=int, default=0)
     _add_common(identify)
     identify.set_defaults(handler=run_identify)

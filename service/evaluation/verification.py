@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -12,9 +13,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.evaluation.embedding_cache import FileEmbedding
+from service.evaluation.embedding_cache import Box, FileEmbedding
 from service.evaluation.metrics import VerificationReport, negatives_needed, verification_report
 from service.evaluation.pairs import PairSet
+from service.packs.manifest import OperatingPoint
 
 # Pairs that have an image without a face get the lowest cosine: rejected at every threshold above -1.
 NO_FACE_SCORE = -1.0
@@ -72,14 +74,12 @@ def score_pairs(pairs: PairSet, results: Mapping[Path, FileEmbedding], policy: N
     folds: list[int] = []
     affected = 0
     for pair in pairs.pairs:
-        first, second = results[pair.first].embedding, results[pair.second].embedding
-        if first is None or second is None:
+        score = pair_score(results[pair.first], results[pair.second])
+        if score is None:
             affected += 1
             if policy is NoFacePolicy.EXCLUDE:
                 continue
             score = NO_FACE_SCORE
-        else:
-            score = float(np.dot(first.astype(np.float64), second.astype(np.float64)))
         scores.append(score)
         labels.append(pair.same)
         folds.append(-1 if pair.fold is None else pair.fold)
@@ -96,6 +96,106 @@ def score_pairs(pairs: PairSet, results: Mapping[Path, FileEmbedding], policy: N
         affected,
         excluded,
     )
+
+
+def pair_score(first: FileEmbedding, second: FileEmbedding) -> float | None:
+    """Cosine similarity of two files' embeddings (unit vectors); None when either has no face."""
+    if first.embedding is None or second.embedding is None:
+        return None
+    return float(np.dot(first.embedding.astype(np.float64), second.embedding.astype(np.float64)))
+
+
+SCORES_COLUMNS: tuple[str, ...] = (
+    "file_a",
+    "file_b",
+    "label",
+    "score",
+    *(f"a_{c}" for c in ("x1", "y1", "x2", "y2", "faces")),
+    *(f"b_{c}" for c in ("x1", "y1", "x2", "y2", "faces")),
+)
+
+
+def _face_columns(result: FileEmbedding) -> list[str]:
+    box: Box | None = result.box if result.embedding is not None else None
+    coordinates = ["", "", "", ""] if box is None else [f"{v:.1f}" for v in box]
+    return [*coordinates, str(result.faces_in_image)]
+
+
+def write_pair_scores(path: Path, pairs: PairSet, results: Mapping[Path, FileEmbedding]) -> int:
+    """One CSV row per pair: files, label (1/0), score, each chosen face's box and face count.
+
+    A pair with an image without a face has an empty score (and that image an empty box): what it
+    counts as is the no-face policy's business, not the file's. Returns the rows written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(SCORES_COLUMNS)
+        for pair in pairs.pairs:
+            first, second = results[pair.first], results[pair.second]
+            score = pair_score(first, second)
+            writer.writerow(
+                [
+                    str(pair.first),
+                    str(pair.second),
+                    int(pair.same),
+                    "" if score is None else f"{score:.6f}",
+                    *_face_columns(first),
+                    *_face_columns(second),
+                ]
+            )
+    return len(pairs.pairs)
+
+
+@dataclass(frozen=True)
+class NamedPointResult:
+    """TAR and FAR measured at one of the pack's named thresholds (``far=1e-3``, ``default``)."""
+
+    name: str
+    threshold: float
+    target_far: float | None  # what the point was calibrated for, if the manifest says
+    tar: float | None  # None without same-person pairs
+    far: float | None  # None without different-person pairs
+    impostor_pairs: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "target_far": self.target_far,
+            "tar": self.tar,
+            "far": self.far,
+            "impostor_pairs": self.impostor_pairs,
+        }
+
+    def to_text(self) -> str:
+        tar = "n/a" if self.tar is None else f"{100 * self.tar:.2f}%"
+        far = "n/a" if self.far is None else f"{100 * self.far:.3f}%"
+        target = "" if self.target_far is None else f"; calibrated for FAR {100 * self.target_far:.3g}%"
+        return (
+            f"{self.name + ':':<17} TAR {tar}, FAR {far} at threshold {self.threshold:.4f} "
+            f"(over {self.impostor_pairs} different-person pairs{target})"
+        )
+
+
+def named_point_results(
+    scored: ScoredPairs, points: Mapping[str, OperatingPoint]
+) -> tuple[NamedPointResult, ...]:
+    """TAR/FAR at each named threshold; a pair matches when its score is >= the threshold, as in
+    ``/v1/verify``. Sorted by threshold, so the list reads from permissive to strict."""
+    genuine = scored.scores[scored.labels]
+    impostor = scored.scores[~scored.labels]
+    results = [
+        NamedPointResult(
+            name=name,
+            threshold=point.threshold,
+            target_far=point.far,
+            tar=float(np.mean(genuine >= point.threshold)) if genuine.size else None,
+            far=float(np.mean(impostor >= point.threshold)) if impostor.size else None,
+            impostor_pairs=int(impostor.size),
+        )
+        for name, point in points.items()
+    ]
+    return tuple(sorted(results, key=lambda r: (r.threshold, r.name)))
 
 
 def report_for(scored: ScoredPairs, fars: Sequence[float] | None = None) -> VerificationReport:
@@ -128,6 +228,9 @@ class PairsEvaluation:
     seconds_per_image: float | None
     cache_hits: int
     computed: int
+    named_points: tuple[NamedPointResult, ...] = ()  # at the pack's named thresholds
+    face_policy: str = ""
+    flip: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The machine-readable result (the last line of ``face-eval pairs --json``)."""
@@ -165,6 +268,9 @@ class PairsEvaluation:
             "pairs_excluded": self.pairs_excluded,
             "seconds_per_image": self.seconds_per_image,
             "cache": {"hits": self.cache_hits, "computed": self.computed},
+            "operating_points": {point.name: point.to_json() for point in self.named_points},
+            "face_policy": self.face_policy,
+            "flip": self.flip,
         }
 
     def to_text(self) -> str:
@@ -172,7 +278,7 @@ class PairsEvaluation:
         timing = "n/a" if self.seconds_per_image is None else f"{self.seconds_per_image * 1000:.1f} ms"
         lines = [
             f"pairs:      {self.source}",
-            f"pack:       {self.pack_id}",
+            f"pack:       {self.pack_id}" + self._options_text(),
             f"images:     {self.images} ({self.no_face_images} without a detected face); "
             f"pipeline time per image {timing}; cache: {self.cache_hits} hits, {self.computed} computed",
             f"no face:    {self.pairs_with_no_face} pair(s) affected; {self.policy.describe()}",
@@ -206,8 +312,17 @@ class PairsEvaluation:
                 f"(FAR={far_label(lower)} needs {negatives_needed(lower)} different-person pairs; "
                 f"this set has {report.impostor_pairs})"
             )
+        if self.named_points:
+            lines.append("the pack's named thresholds (a pair matches when its score is >= the threshold):")
+            lines.extend(f"  {point.to_text()}" for point in self.named_points)
         if self.no_face_files:
             shown = ", ".join(self.no_face_files[:10])
             more = f" and {len(self.no_face_files) - 10} more" if len(self.no_face_files) > 10 else ""
             lines.append(f"no face in: {shown}{more}")
         return "\n".join(lines)
+
+    def _options_text(self) -> str:
+        if not self.face_policy:
+            return ""
+        flip = "" if self.flip is None else f", flip {'on' if self.flip else 'off'}"
+        return f" (face: {self.face_policy}{flip})"

@@ -101,15 +101,25 @@ class SchemaVersionError(GalleryError):
     pass
 
 
+# Galleries made before SFace became the default are pinned to ids with this prefix.
+_FORMER_DEFAULT_PACK_PREFIX = "default-dlib-r34-"
+
+
 class PackMismatchError(GalleryError):
     """The gallery's embeddings come from another pack: they are not comparable with this one's."""
 
     def __init__(self, path: Path, gallery_pack: str, service_pack: str, detail: str = "") -> None:
+        former_default = (
+            " (the former default dlib pack: `face-export dlib-pack`, then FACE_PACK=dlib)"
+            if gallery_pack.startswith(_FORMER_DEFAULT_PACK_PREFIX)
+            else ""
+        )
         message = (
             f"the gallery at {path} holds embeddings from pack {gallery_pack!r}, but the service runs "
-            f"pack {service_pack!r}{detail}. Embeddings of different packs cannot be compared: run "
-            f"`face-service reembed --pack {service_pack}` to re-embed the gallery's stored crops with "
-            f"the new pack, or set FACE_PACK={gallery_pack} to keep using the old one."
+            f"pack {service_pack!r}{detail}. Embeddings of different packs cannot be compared: stop the "
+            "service and run `face-service reembed` to re-embed the gallery's stored crops with the pack "
+            "FACE_PACK names, or set FACE_PACK to the folder holding the pack "
+            f"{gallery_pack!r} to keep using it{former_default}."
         )
         super().__init__(message)
         self.gallery_pack = gallery_pack

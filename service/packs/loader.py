@@ -42,6 +42,8 @@ class LoadedPack:
     detector_path: Path
     embedder_path: Path
     embedder_fp16_path: Path | None = None
+    # Every embedder's file in manifest.embedders order (an ensemble has several); () = (embedder_path,)
+    member_paths: tuple[Path, ...] = ()
     calibration_path: Path | None = None  # the calibration.json merged into manifest.calibration
 
 
@@ -190,6 +192,7 @@ def load_pack(pack_dir: Path, *, verify: bool = True) -> LoadedPack:
         detector_path=pack_file_path(pack_dir, manifest.detector.file),
         embedder_path=pack_file_path(pack_dir, embedder.file),
         embedder_fp16_path=pack_file_path(pack_dir, embedder.fp16_file) if embedder.fp16_file else None,
+        member_paths=tuple(pack_file_path(pack_dir, member.file) for member in manifest.embedders),
         calibration_path=calibration_path,
     )
 

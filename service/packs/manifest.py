@@ -69,7 +69,25 @@ class ScrfdDecoder(_Strict):
     outputs: tuple[tuple[str, str, str], ...]
 
 
-Decoder = Annotated[RetinaFaceDecoder | ScrfdDecoder, Field(discriminator="kind")]
+class YuNetDecoder(_Strict):
+    """YuNet (OpenCV zoo, 2023mar): anchor-free, one location per cell, score = sqrt(cls · obj).
+
+    Per stride s and cell (row r, col c): centre ((c + dx)·s, (r + dy)·s), size (exp(dw)·s, exp(dh)·s),
+    keypoint k at ((c + kx_k)·s, (r + ky_k)·s); cls and obj are already sigmoided. This is OpenCV's
+    ``FaceDetectorYN`` decoding (``modules/objdetect/src/face_detect.cpp``).
+    """
+
+    kind: Literal["yunet"] = "yunet"
+    strides: tuple[int, ...] = (8, 16, 32)
+    # Output names per stride, in model order: (cls, obj, bbox, kps).
+    outputs: tuple[tuple[str, str, str, str], ...] = (
+        ("cls_8", "obj_8", "bbox_8", "kps_8"),
+        ("cls_16", "obj_16", "bbox_16", "kps_16"),
+        ("cls_32", "obj_32", "bbox_32", "kps_32"),
+    )
+
+
+Decoder = Annotated[RetinaFaceDecoder | ScrfdDecoder | YuNetDecoder, Field(discriminator="kind")]
 
 
 class DetectorSpec(_Strict):
@@ -113,6 +131,29 @@ class EmbedderSpec(_Strict):
     provenance: Provenance
 
 
+class EnsembleMember(_Strict):
+    embedder: EmbedderSpec
+    weight: float = Field(gt=0.0)  # multiplies the member's unit embedding before concatenation
+
+
+class EnsembleSpec(_Strict):
+    """Several embedders, one embedding: the weighted concatenation of their unit embeddings, normalized.
+
+    The cosine of two such embeddings is ``Σ w_i² cos_i / Σ w_i²``, so one inner-product search serves
+    1:1 and 1:N. The pipeline aligns each face once onto ``crop_template`` at ``crop_size`` (a crop
+    large enough for every member) and each member's chip is cut from that crop by its own template.
+    """
+
+    crop_size: tuple[int, int]
+    crop_template: tuple[Point, Point, Point, Point, Point]
+    members: tuple[EnsembleMember, ...] = Field(min_length=2)
+    procedure: str = ""  # how the weights were chosen, and what they gave
+
+    @property
+    def embedding_size(self) -> int:
+        return sum(member.embedder.embedding_size for member in self.members)
+
+
 class OperatingPoint(_Strict):
     """A cosine-similarity threshold with where it came from."""
 
@@ -139,16 +180,40 @@ class PackManifest(_Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")  # pins galleries to this pack
     description: str = ""
     detector: DetectorSpec
-    embedder: EmbedderSpec
+    embedder: EmbedderSpec  # the only embedder, or an ensemble's first member
+    ensemble: EnsembleSpec | None = None
     calibration: Calibration
     files: dict[str, str]  # relative file name -> sha256 hex, for every file the pack ships
     created_by: str = ""
 
+    @property
+    def embedders(self) -> tuple[EmbedderSpec, ...]:
+        if self.ensemble is None:
+            return (self.embedder,)
+        return tuple(member.embedder for member in self.ensemble.members)
+
+    @property
+    def chip_size(self) -> tuple[int, int]:
+        """(width, height) of what the pipeline aligns each face to."""
+        return self.embedder.input_size if self.ensemble is None else self.ensemble.crop_size
+
+    @property
+    def chip_template(self) -> tuple[Point, Point, Point, Point, Point]:
+        return self.embedder.template if self.ensemble is None else self.ensemble.crop_template
+
+    @property
+    def embedding_size(self) -> int:
+        return self.embedder.embedding_size if self.ensemble is None else self.ensemble.embedding_size
+
     @model_validator(mode="after")
     def _files_listed(self) -> PackManifest:
-        needed = {self.detector.file, self.embedder.file}
-        if self.embedder.fp16_file:
-            needed.add(self.embedder.fp16_file)
+        if self.ensemble is not None and self.ensemble.members[0].embedder != self.embedder:
+            raise ValueError("an ensemble's first member must be the pack's embedder")
+        needed = {self.detector.file}
+        for embedder in self.embedders:
+            needed.add(embedder.file)
+            if embedder.fp16_file:
+                needed.add(embedder.fp16_file)
         missing = needed - set(self.files)
         if missing:
             raise ValueError(f"files referenced but not listed with a sha256: {sorted(missing)}")

@@ -199,8 +199,9 @@ def _detector_factories() -> Mapping[str, DetectorFactory]:
     # Imported here because the decoder modules import this module's shared helpers.
     from service.pipeline.detect_retinaface import RetinaFaceDetector
     from service.pipeline.detect_scrfd import ScrfdDetector
+    from service.pipeline.detect_yunet import YuNetDetector
 
-    return {"retinaface": RetinaFaceDetector, "scrfd": ScrfdDetector}
+    return {"retinaface": RetinaFaceDetector, "scrfd": ScrfdDetector, "yunet": YuNetDetector}
 
 
 def check_model_names(

@@ -50,11 +50,20 @@ def preprocess_chips(chips: Sequence[ImageArray], spec: EmbedderSpec) -> FloatAr
 class Embedder:
     """One ONNX session of the pack's embedder; ``embed`` is thread-safe (onnxruntime's ``run`` is)."""
 
-    def __init__(self, session: ort.InferenceSession, spec: EmbedderSpec, *, max_batch: int = 32) -> None:
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        spec: EmbedderSpec,
+        *,
+        max_batch: int = 32,
+        flip: bool | None = None,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._session = session
         self._spec = spec
+        # None: as the manifest says; face-eval may force it either way to measure flip TTA.
+        self._flip = spec.flip_augmentation if flip is None else flip
         # A model exported with a fixed batch axis accepts exactly that many inputs per run.
         batch_dim = self._session_input(spec.input_name).shape[0]
         self._fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
@@ -67,6 +76,11 @@ class Embedder:
     @property
     def embedding_size(self) -> int:
         return self._spec.embedding_size
+
+    @property
+    def flip(self) -> bool:
+        """Whether each chip's mirror image is embedded too (flip test-time augmentation)."""
+        return self._flip
 
     @property
     def max_batch(self) -> int:
@@ -89,7 +103,7 @@ class Embedder:
     def _embed_batch(self, chips: Sequence[ImageArray]) -> FloatArray:
         inputs = preprocess_chips(chips, self._spec)
         raw = self._run(inputs)
-        if self._spec.flip_augmentation:
+        if self._flip:
             # Mirror on the width axis: the same as embedding horizontally flipped chips.
             raw = raw + self._run(np.ascontiguousarray(inputs[..., ::-1]))
         return l2_normalize(raw)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -17,6 +17,8 @@ from service.pipeline.align import align_to_template
 from service.pipeline.batcher import MicroBatcher
 from service.pipeline.detect import DetectionOptions, FaceDetector, build_detector
 from service.pipeline.embed import Embedder
+from service.pipeline.embed_ensemble import EnsembleEmbedder, WeightedMember
+from service.pipeline.face_choice import FacePolicy, choose_face
 from service.pipeline.quality import assess_quality
 from service.pipeline.runtime import RuntimeOptions, create_session
 from service.pipeline.types import AlignedFace, DetectedFace, EmbeddedFace, FloatArray, ImageArray
@@ -25,6 +27,13 @@ if TYPE_CHECKING:
     from service.packs.loader import LoadedPack
     from service.packs.manifest import PackManifest
     from service.settings import Settings
+
+
+class ChipEmbedder(Protocol):
+    """A pack's embedder: aligned chips (the pipeline's chip size) → (N, D) unit embeddings."""
+
+    def embed(self, chips: Sequence[ImageArray]) -> FloatArray: ...
+
 
 # Stored crops keep this much extra context on each side (fraction of the chip's width/height), so
 # that re-embedding with a pack whose template crops looser still finds the face's surroundings.
@@ -38,7 +47,7 @@ class FacePipeline:
         self,
         manifest: PackManifest,
         detector: FaceDetector,
-        embedder: Embedder,
+        embedder: ChipEmbedder,
         *,
         providers: dict[str, list[str]],
         batch_max_size: int = 32,
@@ -49,25 +58,44 @@ class FacePipeline:
         self._detector = detector
         self._embedder = embedder
         self._providers = providers
-        self._template = np.asarray(manifest.embedder.template, dtype=np.float32)
+        self._template = np.asarray(manifest.chip_template, dtype=np.float32)
         self._batcher = MicroBatcher(
             embedder.embed, max_batch_size=batch_max_size, max_wait_ms=batch_max_wait_ms, on_batch=on_batch
         )
 
     @classmethod
     def from_pack(
-        cls, pack: LoadedPack, settings: Settings, *, on_batch: Callable[[int], None] | None = None
+        cls,
+        pack: LoadedPack,
+        settings: Settings,
+        *,
+        on_batch: Callable[[int], None] | None = None,
+        flip: bool | None = None,
     ) -> FacePipeline:
-        """Sessions for the pack's models on the configured device (RuntimeUnavailableError if absent)."""
+        """Sessions for the pack's models on the configured device (RuntimeUnavailableError if absent).
+
+        ``flip`` forces flip TTA on or off for every embedder (None: as the manifest says; face-eval).
+        """
         runtime = RuntimeOptions.from_settings(settings)
         detector_session = create_session(pack.detector_path, runtime)
-        embedder_session = create_session(pack.embedder_path, runtime)
         detector = build_detector(
             pack.manifest.detector,
             detector_session,
             DetectionOptions.from_settings(settings, pack.manifest.detector),
         )
-        embedder = Embedder(embedder_session, pack.manifest.embedder, max_batch=settings.batch_max_size)
+        sessions = [create_session(path, runtime) for path in pack.member_paths or (pack.embedder_path,)]
+        members = [
+            Embedder(session, spec, max_batch=settings.batch_max_size, flip=flip)
+            for session, spec in zip(sessions, pack.manifest.embedders, strict=True)
+        ]
+        embedder: ChipEmbedder = members[0]
+        ensemble = pack.manifest.ensemble
+        if ensemble is not None:
+            weighted = [
+                WeightedMember(m, spec.weight) for m, spec in zip(members, ensemble.members, strict=True)
+            ]
+            embedder = EnsembleEmbedder(ensemble, weighted)
+        embedder_session = sessions[0]
         return cls(
             pack.manifest,
             detector,
@@ -93,12 +121,12 @@ class FacePipeline:
 
     @property
     def embedding_size(self) -> int:
-        return self._manifest.embedder.embedding_size
+        return self._manifest.embedding_size
 
     @property
     def chip_size(self) -> tuple[int, int]:
         """(width, height) of the aligned chips the embedder takes."""
-        return self._manifest.embedder.input_size
+        return self._manifest.chip_size
 
     @property
     def template(self) -> FloatArray:
@@ -132,6 +160,19 @@ class FacePipeline:
     def detect(self, image: ImageArray) -> list[DetectedFace]:
         """Faces in an RGB image, largest first (blocking: call it off the event loop)."""
         return self._detector.detect(image)
+
+    def detect_chosen(self, image: ImageArray, policy: FacePolicy) -> tuple[list[DetectedFace], int | None]:
+        """Every face (largest first) and the index of the one ``policy`` chooses (None: no face)."""
+        faces = self.detect(image)
+        return faces, choose_face(faces, (image.shape[1], image.shape[0]), policy)
+
+    def analyze_chosen_sync(self, image: ImageArray, policy: FacePolicy) -> tuple[EmbeddedFace | None, int]:
+        """The face ``policy`` chooses, embedded, and how many faces the image has (blocking)."""
+        faces, index = self.detect_chosen(image, policy)
+        if index is None:
+            return None, 0
+        aligned = self.align_and_assess(image, [faces[index]])
+        return _embedded(aligned, self.embed_chips_sync([aligned[0].chip]))[0], len(faces)
 
     def align(self, image: ImageArray, face: DetectedFace) -> ImageArray:
         """The face's chip: aligned onto the pack's template at the embedder's input size."""

@@ -45,10 +45,11 @@ def orl_pairs(shared_faces: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture
-def pack_copy(default_pack_dir: Path, tmp_path: Path) -> Path:
-    """A private copy of the default pack: calibration is written into it, never into the shared one."""
+def pack_copy(dlib_pack_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the dlib pack (made for ORL's small grey crops and dlib_johns' tight chips,
+    which these tests use): calibration is written into it, never into the shared one."""
     target = tmp_path / "models" / "calibrated"
-    shutil.copytree(default_pack_dir, target)
+    shutil.copytree(dlib_pack_dir, target)
     return target
 
 
@@ -76,13 +77,13 @@ def test_logistic_fit_stays_finite_on_separable_scores() -> None:
 
 
 def test_thresholds_on_orl_scores_are_the_most_permissive_within_each_far(
-    shared_faces: Path, default_pack_dir: Path, shared_cache: Path, orl_pairs: Path
+    shared_faces: Path, dlib_pack_dir: Path, shared_cache: Path, orl_pairs: Path
 ) -> None:
     pairs = read_lfw_pairs(orl_pairs, path_pattern(shared_faces / "orl_att_faces", "sorted"))
-    pack = load_pack(default_pack_dir)
+    pack = load_pack(dlib_pack_dir)
     settings = Settings(intra_op_threads=1)
     embedder = FileEmbedder(
-        pack.manifest.id,
+        pack,
         lambda: FacePipeline.from_pack(pack, settings),
         EmbedOptions.from_settings(settings),
         EmbeddingCache(shared_cache),
@@ -235,7 +236,7 @@ def test_loader_ignores_another_packs_calibration_and_refuses_bad_files(
 
 
 def test_calibration_for_another_pack_is_not_written(
-    shared_faces: Path, pack_copy: Path, default_pack_dir: Path, shared_cache: Path, orl_pairs: Path
+    shared_faces: Path, pack_copy: Path, dlib_pack_dir: Path, shared_cache: Path, orl_pairs: Path
 ) -> None:
     # Measured with the copy, written into a folder that holds a different pack id.
     manifest = json.loads((pack_copy / MANIFEST_FILE).read_text())
@@ -252,7 +253,7 @@ def test_calibration_for_another_pack_is_not_written(
             "--pattern",
             "sorted",
             "--pack",
-            str(default_pack_dir),
+            str(dlib_pack_dir),
             "--cache",
             str(shared_cache),
             "--write",

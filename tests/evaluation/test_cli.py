@@ -1,4 +1,8 @@
-"""``face-eval pairs`` / ``make-pairs`` end to end: the default pack on the shared photos."""
+"""``face-eval pairs`` / ``make-pairs`` end to end on the shared photos.
+
+The in-the-wild photos go through the default pack; ORL's small grey crops and the dlib_johns chips
+(tight crops the default pack is not made for) through the dlib pack, the default before it.
+"""
 
 from __future__ import annotations
 
@@ -55,13 +59,13 @@ def last_json(stdout: str) -> dict[str, Any]:
 
 
 def test_lfw_pairs_on_dlib_johns_json_then_cached(
-    shared_faces: Path, default_pack_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    shared_faces: Path, dlib_pack_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     images = tmp_path / "johns"
     counts = lfw_layout(shared_faces / "dlib_johns", images, ".jpg")
     pairs_file = tmp_path / "pairs.txt"
     pairs_file.write_text(format_lfw_pairs(build_lfw_folds(counts, n_folds=10, per_fold=12, seed=1)))
-    args = ["pairs", "--pairs", str(pairs_file), "--images", str(images), "--pack", str(default_pack_dir)]
+    args = ["pairs", "--pairs", str(pairs_file), "--images", str(images), "--pack", str(dlib_pack_dir)]
     args += ["--cache", str(tmp_path / "cache"), "--json"]
 
     code, out, _ = run(args, capsys)
@@ -91,7 +95,7 @@ def test_lfw_pairs_on_dlib_johns_json_then_cached(
 
 def test_lfw_pairs_with_pgm_extension_on_orl(
     shared_faces: Path,
-    default_pack_dir: Path,
+    dlib_pack_dir: Path,
     shared_cache: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -115,7 +119,7 @@ def test_lfw_pairs_with_pgm_extension_on_orl(
             "--ext",
             "pgm",
             "--pack",
-            str(default_pack_dir),
+            str(dlib_pack_dir),
             "--cache",
             str(shared_cache),
             "--json",
@@ -163,7 +167,7 @@ def test_deepface_master_csv_through_labels(
 
 def test_no_face_policy_fail_or_exclude(
     shared_faces: Path,
-    default_pack_dir: Path,
+    dlib_pack_dir: Path,
     shared_cache: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -178,7 +182,7 @@ def test_no_face_policy_fail_or_exclude(
     rows += [(blank, salley[5], 1), (blank, simm[3], 0)]
     pairs_file = tmp_path / "pairs.csv"
     pairs_file.write_text("file_x,file_y,same\n" + "".join(f"{a},{b},{s}\n" for a, b, s in rows))
-    base = ["pairs", "--pairs", str(pairs_file), "--images", str(tmp_path), "--pack", str(default_pack_dir)]
+    base = ["pairs", "--pairs", str(pairs_file), "--images", str(tmp_path), "--pack", str(dlib_pack_dir)]
     base += ["--cache", str(shared_cache), "--json"]
 
     code, out, _ = run(base, capsys)
@@ -282,15 +286,15 @@ def test_bad_input_exits_2_with_a_message(
 
 
 def test_aligned_chips_skip_detection_and_are_cached_separately(
-    shared_faces: Path, default_pack_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    shared_faces: Path, dlib_pack_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # dlib_johns are dlib chips already (the default pack's chip geometry): embed them as they are.
+    # dlib_johns are dlib chips already (the dlib pack's chip geometry): embed them as they are.
     root = shared_faces / "dlib_johns"
     pairs_file = tmp_path / "pairs.txt"
     counts = {name: len(files) for name, files in identity_folders(root).items()}
     pairs_file.write_text(format_lfw_pairs(build_lfw_folds(counts, n_folds=10, per_fold=10, seed=4)))
     args = ["pairs", "--pairs", str(pairs_file), "--images", str(root), "--pattern", "sorted"]
-    args += ["--pack", str(default_pack_dir), "--cache", str(tmp_path / "cache"), "--json", "--quiet"]
+    args += ["--pack", str(dlib_pack_dir), "--cache", str(tmp_path / "cache"), "--json", "--quiet"]
 
     code, out, _ = run([*args, "--aligned"], capsys)
     assert code == 0

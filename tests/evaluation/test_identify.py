@@ -61,13 +61,22 @@ def test_split_enrolls_k_per_identity_and_leaves_impostors_out(shared_faces: Pat
     assert split_identities(folders, 2, impostors=5, seed=8) != split
 
 
-def test_small_identities_are_enrolled_whole_and_bad_arguments_refused(shared_faces: Path) -> None:
+def test_identities_too_small_to_probe_are_skipped_not_enrolled_and_bad_arguments_refused(
+    shared_faces: Path,
+) -> None:
     folders = identity_folders(shared_faces / "deepface_testset")
     split = split_identities(folders, 3)
+    small = sorted(name for name, files in folders.items() if len(files) <= 3)
+    assert small  # Jeff, Sundar, Marissa (2 each), Elon (3)
+    assert list(split.skipped_identities) == small
     for name, files in folders.items():
         probes = [p for p in split.probes if p.identity == name]
-        assert len(split.gallery[name]) == min(3, len(files))
-        assert len(probes) == max(0, len(files) - 3)
+        if name in small:
+            assert name not in split.gallery
+            assert probes == []
+        else:
+            assert len(split.gallery[name]) == 3
+            assert len(probes) == len(files) - 3
     with pytest.raises(ValueError, match="at least 1"):
         split_identities(folders, 0)
     with pytest.raises(ValueError, match="--impostors"):
@@ -75,7 +84,7 @@ def test_small_identities_are_enrolled_whole_and_bad_arguments_refused(shared_fa
 
 
 def test_dlib_johns_five_enrolled_rank_1(
-    shared_faces: Path, default_pack_dir: Path, shared_cache: Path, capsys: pytest.CaptureFixture[str]
+    shared_faces: Path, dlib_pack_dir: Path, shared_cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     result, out = identify(
         [
@@ -84,7 +93,7 @@ def test_dlib_johns_five_enrolled_rank_1(
             "--gallery-per-identity",
             "5",
             "--pack",
-            str(default_pack_dir),
+            str(dlib_pack_dir),
             "--cache",
             str(shared_cache),
         ],
@@ -103,7 +112,7 @@ def test_dlib_johns_five_enrolled_rank_1(
 
 def test_orl_open_set_with_left_out_identities(
     shared_faces: Path,
-    default_pack_dir: Path,
+    dlib_pack_dir: Path,
     shared_cache: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -123,7 +132,7 @@ def test_orl_open_set_with_left_out_identities(
             "--seed",
             "1",
             "--pack",
-            str(default_pack_dir),
+            str(dlib_pack_dir),
             "--cache",
             str(shared_cache),
         ],
@@ -143,7 +152,7 @@ def test_orl_open_set_with_left_out_identities(
 
 
 def test_probe_without_a_face_fails_or_is_excluded(
-    shared_faces: Path, default_pack_dir: Path, shared_cache: Path, tmp_path: Path
+    shared_faces: Path, dlib_pack_dir: Path, shared_cache: Path, tmp_path: Path
 ) -> None:
     blank = tmp_path / "blank.jpg"
     Image.fromarray(np.full((240, 320, 3), 90, np.uint8)).save(blank)
@@ -156,10 +165,10 @@ def test_probe_without_a_face_fails_or_is_excluded(
         ),
         impostor_identities=(),
     )
-    pack = load_pack(default_pack_dir)
+    pack = load_pack(dlib_pack_dir)
     settings = Settings(intra_op_threads=1, data_dir=tmp_path / "unused")
     embedder = FileEmbedder(
-        pack.manifest.id,
+        pack,
         lambda: FacePipeline.from_pack(pack, settings),
         EmbedOptions.from_settings(settings),
         EmbeddingCache(shared_cache),

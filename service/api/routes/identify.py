@@ -10,12 +10,24 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ReadAccess, Services
 from service.api.images import load_image
-from service.api.params import ThresholdForm, ThresholdQuery
+from service.api.params import FacePolicyForm, ThresholdForm, ThresholdQuery
 from service.api.presenters import box_of
 from service.api.responses import IMAGE_ERRORS
 from service.api.schemas import CandidateOut, IdentifiedFaceOut, IdentifyResponse, ThresholdOut
+from service.api.state import AppServices
+from service.pipeline.face_choice import FacePolicy
+from service.pipeline.types import EmbeddedFace, ImageArray
 
 router = APIRouter(prefix="/v1", tags=["inference"])
+
+
+async def _chosen_only(services: AppServices, pixels: ImageArray, policy: FacePolicy) -> list[EmbeddedFace]:
+    """The one face ``policy`` chooses, embedded (no face: an empty list)."""
+    faces, index = await run_in_threadpool(services.pipeline.detect_chosen, pixels, policy)
+    if index is None:
+        return []
+    aligned = await run_in_threadpool(services.pipeline.align_and_assess, pixels, [faces[index]])
+    return await services.pipeline.embed_aligned(aligned)
 
 
 @router.post("/identify", summary="Identify faces against the gallery", responses=IMAGE_ERRORS)
@@ -26,14 +38,20 @@ async def identify(
     top_k: Annotated[
         int | None, Form(ge=1, le=100, description="subjects per face (default FACE_IDENTIFY_TOP_K)")
     ] = None,
-    largest_only: Annotated[bool, Form(description="only the largest face")] = False,
+    largest_only: Annotated[
+        bool, Form(description="only one face: the one face_policy chooses (the name predates the policy)")
+    ] = False,
+    face_policy: FacePolicyForm = None,
     threshold_form: ThresholdForm = None,
     threshold_query: ThresholdQuery = None,
 ) -> IdentifyResponse:
     threshold = services.thresholds.resolve(threshold_form if threshold_form is not None else threshold_query)
     k = top_k if top_k is not None else services.settings.identify_top_k
     pixels = await load_image(image, "image", services.settings)
-    faces = await services.pipeline.analyze(pixels, max_faces=1 if largest_only else None)
+    policy = face_policy or services.settings.face_policy
+    faces = await (
+        _chosen_only(services, pixels, policy) if largest_only else services.pipeline.analyze(pixels)
+    )
     services.metrics.faces_detected.inc(len(faces))
     services.metrics.faces_embedded.inc(len(faces))
     candidates = (

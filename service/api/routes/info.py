@@ -20,8 +20,8 @@ async def info(services: Services, _: ReadAccess) -> InfoResponse:
     return InfoResponse(
         pack_id=manifest.id,
         pack_description=manifest.description,
-        embedding_size=manifest.embedder.embedding_size,
-        embedder_input_size=manifest.embedder.input_size,
+        embedding_size=manifest.embedding_size,
+        embedder_input_size=manifest.chip_size,
         flip_augmentation=manifest.embedder.flip_augmentation,
         providers=services.pipeline.providers,
         operating_points={

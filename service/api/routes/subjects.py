@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import EnrollAccess, ReadAccess, Services
@@ -26,6 +26,7 @@ from service.api.schemas import (
     SubjectUpdate,
 )
 from service.gallery.store import FaceRecord, Subject
+from service.pipeline.face_choice import FacePolicy
 
 router = APIRouter(prefix="/v1/subjects", tags=["gallery"], responses=AUTH_ERRORS)
 
@@ -123,10 +124,17 @@ async def enroll_faces(
     images: Annotated[list[UploadFile], File(description="one or more images, one person each")],
     services: Services,
     _: EnrollAccess,
+    face_policy: Annotated[
+        FacePolicy | None,
+        Form(
+            description="for images with several faces of enrollment size: enroll the one this policy "
+            "chooses (largest, centre, score); unset: such images are refused (multiple_faces)"
+        ),
+    ] = None,
 ) -> EnrollmentResponse:
     check_image_count(images, "images", services.settings)
     await run_in_threadpool(services.gallery.get_subject, subject_id)  # 404 before any inference
-    outcomes = await examine_uploads(services, images)
+    outcomes = await examine_uploads(services, images, face_policy)
     for outcome in outcomes:
         if outcome.rejection is not None:
             services.metrics.enrollment_rejections.labels(reason=outcome.rejection.code).inc()

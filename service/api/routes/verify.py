@@ -12,11 +12,12 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import ReadAccess, Services
 from service.api.errors import ApiError, FieldError
 from service.api.images import load_image
-from service.api.params import ThresholdForm, ThresholdQuery
+from service.api.params import FacePolicyForm, ThresholdForm, ThresholdQuery
 from service.api.presenters import box_of
 from service.api.responses import IMAGE_ERRORS, NOT_FOUND, SUBJECT_HAS_NO_FACES
 from service.api.schemas import ComparedFace, SubjectRef, ThresholdOut, VerifyResponse
 from service.api.state import AppServices
+from service.pipeline.face_choice import FacePolicy
 from service.pipeline.types import EmbeddedFace
 
 router = APIRouter(prefix="/v1", tags=["inference"])
@@ -25,16 +26,23 @@ _MAX_FACE_INDEX = 999
 
 
 async def _chosen_face(
-    services: AppServices, upload: UploadFile, field: str, face_index: int, index_field: str
+    services: AppServices,
+    upload: UploadFile,
+    field: str,
+    choice: tuple[int | None, FacePolicy],
+    index_field: str,
 ) -> tuple[EmbeddedFace, ComparedFace]:
-    """Detect every face (largest first), then embed only the one at ``face_index``."""
+    """Detect every face, then embed only the one at the given index, or else the policy's choice."""
     pixels = await load_image(upload, field, services.settings)
-    faces = await run_in_threadpool(services.pipeline.detect, pixels)
+    face_index, policy = choice
+    faces, chosen_index = await run_in_threadpool(services.pipeline.detect_chosen, pixels, policy)
     services.metrics.faces_detected.inc(len(faces))
-    if not faces:
+    if chosen_index is None:
         raise ApiError(
             422, "no_face", f"{field}: no face found", errors=[FieldError(field, "no face found", "no_face")]
         )
+    if face_index is None:
+        face_index = chosen_index
     if face_index >= len(faces):
         raise ApiError(
             422,
@@ -78,11 +86,16 @@ async def verify(
         str | None, Form(description="enrolled subject (subject mode)", max_length=64)
     ] = None,
     face_index_a: Annotated[
-        int, Form(ge=0, le=_MAX_FACE_INDEX, description="face of image_a/image; 0 = largest")
-    ] = 0,
+        int | None,
+        Form(
+            ge=0, le=_MAX_FACE_INDEX, description="face of image_a/image, largest first; unset: face_policy"
+        ),
+    ] = None,
     face_index_b: Annotated[
-        int, Form(ge=0, le=_MAX_FACE_INDEX, description="face of image_b; 0 = largest")
-    ] = 0,
+        int | None,
+        Form(ge=0, le=_MAX_FACE_INDEX, description="face of image_b, largest first; unset: face_policy"),
+    ] = None,
+    face_policy: FacePolicyForm = None,
     threshold_form: ThresholdForm = None,
     threshold_query: ThresholdQuery = None,
 ) -> VerifyResponse:
@@ -92,11 +105,12 @@ async def verify(
         raise _mode_error("send either image_a and image_b, or image and subject_id")
     threshold = services.thresholds.resolve(threshold_form if threshold_form is not None else threshold_query)
     threshold_out = ThresholdOut(name=threshold.name, value=threshold.value)
+    policy = face_policy or services.settings.face_policy
 
     if image_a is not None and image_b is not None:
         (face_a, compared_a), (face_b, compared_b) = await asyncio.gather(
-            _chosen_face(services, image_a, "image_a", face_index_a, "face_index_a"),
-            _chosen_face(services, image_b, "image_b", face_index_b, "face_index_b"),
+            _chosen_face(services, image_a, "image_a", (face_index_a, policy), "face_index_a"),
+            _chosen_face(services, image_b, "image_b", (face_index_b, policy), "face_index_b"),
         )
         similarity = float(np.dot(face_a.embedding, face_b.embedding))
         return VerifyResponse(
@@ -111,7 +125,7 @@ async def verify(
         raise _mode_error("pair mode needs both image_a and image_b; subject mode needs image and subject_id")
 
     subject = await run_in_threadpool(services.gallery.get_subject, subject_id)  # 404 before any inference
-    probe, compared = await _chosen_face(services, image, "image", face_index_a, "face_index_a")
+    probe, compared = await _chosen_face(services, image, "image", (face_index_a, policy), "face_index_a")
     similarity = await run_in_threadpool(services.gallery.verify_against_subject, probe.embedding, subject_id)
     return VerifyResponse(
         mode="subject",
