@@ -17,6 +17,7 @@ import pytest
 from service.auth.keys import KeyStore, Scope
 from service.cli import main
 from service.gallery.store import GalleryStore
+from service.packs.loader import load_pack
 
 _KEY_LINE = re.compile(r"key:\s+(fsk_\S+)")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -187,7 +188,7 @@ def test_serve_prints_a_bootstrap_admin_key_once(tmp_path: Path, default_pack_di
         _wait_healthy(base, second)
         info = httpx.get(f"{base}/v1/info", headers={"X-API-Key": key.group(1)})
         assert info.status_code == 200
-        assert info.json()["pack_id"].startswith("default")
+        assert info.json()["pack_id"] == load_pack(default_pack_dir).manifest.id
     finally:
         again = _stop(second)
     assert _KEY_LINE.search(again) is None

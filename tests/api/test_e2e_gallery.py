@@ -222,7 +222,7 @@ def test_detect_and_embed_report_faces(enrolled: Enrolled, johns: list[Person], 
 
 def test_info_and_metrics_describe_the_running_service(enrolled: Enrolled, johns: list[Person]) -> None:
     info = enrolled.client.get("/v1/info", headers=H).json()
-    assert info["pack_id"].startswith("default")
+    assert info["pack_id"].startswith("sface-retinaface-")
     assert set(info["providers"]) == {"detector", "embedder"}
     assert "CPUExecutionProvider" in info["providers"]["embedder"]
     assert "default" in info["operating_points"]
@@ -288,3 +288,63 @@ def test_verify_compares_the_chosen_faces_of_a_group_photo(enrolled: Enrolled) -
     neighbours = verify(0, 1)  # two different people in the photo
     assert neighbours["match"] is False
     assert neighbours["face_a"]["box"] != neighbours["face_b"]["box"]
+
+
+def test_face_policy_picks_the_subject_of_a_group_photo(enrolled: Enrolled, shared_faces: Path) -> None:
+    """celeba_wild 7313/009197.jpg: the largest face is a bystander, the subject is nearer the centre."""
+    person = shared_faces / "celeba_wild" / "7313"
+    group, single = person / "009197.jpg", person / "009429.jpg"
+
+    def verify(**data: str) -> dict:
+        files = [_file(group, "image_a"), _file(single, "image_b")]
+        response = enrolled.client.post("/v1/verify", files=files, data=data, headers=H)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    by_default = verify()  # FACE_FACE_POLICY: centre
+    assert by_default["face_a"]["faces_in_image"] >= 2
+    assert by_default["face_a"]["face_index"] != 0  # not the largest face
+    assert by_default["match"] is True, by_default["similarity"]
+    largest = verify(face_policy="largest")
+    assert largest["face_a"]["face_index"] == 0
+    assert largest["match"] is False
+    explicit = verify(face_index_a=str(by_default["face_a"]["face_index"]), face_policy="largest")
+    assert explicit["similarity"] == pytest.approx(by_default["similarity"], abs=1e-6)
+    bad = enrolled.client.post(
+        "/v1/verify",
+        files=[_file(group, "image_a"), _file(single, "image_b")],
+        data={"face_policy": "tallest"},
+        headers=H,
+    )
+    assert bad.status_code == 422
+    assert "face_policy" in bad.text
+
+    one = enrolled.client.post("/v1/identify", files=[_file(group)], data={"largest_only": "true"}, headers=H)
+    assert one.status_code == 200, one.text
+    (chosen,) = one.json()["faces"]
+    every = enrolled.client.post("/v1/identify", files=[_file(group)], headers=H).json()["faces"]
+    assert len(every) >= 2
+    assert chosen["box"] != every[0]["box"]  # the policy's face, not the largest
+
+
+def test_enrolling_a_group_photo_needs_an_explicit_face_policy(
+    enrolled: Enrolled, shared_faces: Path
+) -> None:
+    group = shared_faces / "celeba_wild" / "7313" / "009197.jpg"
+    created = enrolled.client.post("/v1/subjects", json={"name": "celeba 7313"}, headers=H).json()
+    url = f"/v1/subjects/{created['id']}/faces"
+    refused = enrolled.client.post(url, files=[_file(group, "images")], headers=H)
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["code"] == "multiple_faces"
+    assert "face_policy" in refused.json()["errors"][0]["reason"]
+    assert enrolled.client.get(f"{url}", headers=H).json()["faces"] == []  # nothing was kept
+    chosen = enrolled.client.post(
+        url, files=[_file(group, "images")], data={"face_policy": "centre"}, headers=H
+    )
+    assert chosen.status_code == 201, chosen.text
+    probe = shared_faces / "celeba_wild" / "7313" / "009429.jpg"
+    verdict = enrolled.client.post(
+        "/v1/verify", files=[_file(probe)], data={"subject_id": created["id"]}, headers=H
+    ).json()
+    assert verdict["match"] is True, verdict
+    enrolled.client.delete(f"/v1/subjects/{created['id']}", headers=H)

@@ -112,8 +112,9 @@ def test_calibration_on_real_faces(shared_faces: Path, default_pack_dir: Path) -
     fitted = calibrate(target, pipeline.embedding_size, identities=120)
 
     _close_distributions(target, fitted.achieved, tolerance=0.5)
-    # Not uniform noise: random unit vectors in 128-d would have mean cosine ~0 and std ~0.09.
-    assert fitted.achieved.different.mean > 0.5
+    # Not uniform noise: random unit vectors in 128-d would have mean cosine ~0 for every pair, genuine
+    # or not; the fitted gallery separates its identities as the real faces do.
+    assert fitted.achieved.same.mean > fitted.achieved.different.mean + 0.3
 
 
 @pytest.mark.slow

@@ -666,7 +666,10 @@ def test_runtime_install_step_builds_a_working_environment_without_torch(tmp_pat
     )
     check = (
         "import importlib.util, sys\n"
-        "import cv2, faiss, fastapi, insightface, onnxruntime, uvicorn\n"
+        "import cv2, faiss, fastapi, onnxruntime, uvicorn\n"
+        "from importlib import metadata\n"
+        "names = {d.metadata['Name'] for d in metadata.distributions()}\n"
+        "assert not names & {'opencv-python', 'insightface'}, names\n"
         "import service.settings, service.packs.loader\n"
         "sys.exit('torch is installed' if importlib.util.find_spec('torch') else 0)\n"
     )

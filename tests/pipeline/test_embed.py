@@ -172,26 +172,26 @@ def _load_johns(shared_faces: Path) -> dict[str, list[np.ndarray]]:
 
 
 @pytest.fixture(scope="module")
-def default_embedder(default_pack_dir: Path) -> Embedder:
+def dlib_embedder(dlib_pack_dir: Path) -> Embedder:
     from service.packs.loader import load_pack
     from service.pipeline.runtime import RuntimeOptions, create_session
     from service.settings import ExecutionDevice
 
-    pack = load_pack(default_pack_dir)
+    pack = load_pack(dlib_pack_dir)
     session = create_session(
         pack.embedder_path, RuntimeOptions(device=ExecutionDevice.CPU, intra_op_threads=2)
     )
     return Embedder(session, pack.manifest.embedder)
 
 
-def test_default_pack_separates_real_identities(default_embedder: Embedder, shared_faces: Path) -> None:
-    # dlib_johns images are 150×150 chips in dlib's geometry: the default pack's own chip convention.
+def test_dlib_pack_separates_real_identities(dlib_embedder: Embedder, shared_faces: Path) -> None:
+    # dlib_johns images are 150×150 chips in dlib's geometry: the dlib pack's own chip convention.
     johns = _load_johns(shared_faces)
     names = list(johns)
     chips = [chip for name in names for chip in johns[name][:4]]
     labels = np.repeat(np.arange(len(names)), 4)
-    embeddings = default_embedder.embed(chips)
-    assert embeddings.shape == (len(chips), default_embedder.embedding_size)
+    embeddings = dlib_embedder.embed(chips)
+    assert embeddings.shape == (len(chips), dlib_embedder.embedding_size)
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     similarity = embeddings @ embeddings.T
     same = labels[:, None] == labels[None, :]

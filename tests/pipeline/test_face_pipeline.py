@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import cv2
 import insightface
 import numpy as np
 import pytest
@@ -101,8 +102,8 @@ def test_async_path_matches_sync_and_coalesces(
 
 
 def test_embed_chips_async_and_sync_agree(pipeline: FacePipeline, johns: dict[str, list[np.ndarray]]) -> None:
-    # The dlib_johns photos are chips in the default pack's own geometry.
-    chips = [images[0] for images in johns.values()]
+    # Real faces resized to the pack's chip size: the point is that both paths give the same numbers.
+    chips = [np.ascontiguousarray(cv2.resize(images[0], pipeline.chip_size)) for images in johns.values()]
 
     async def embed() -> np.ndarray:
         async with pipeline:
