@@ -247,11 +247,7 @@ def evaluate(photos: list[PhotoFaces], policy: FacePolicy, pack: LoadedPack) -> 
     embeddings, found = chosen_embeddings(photos, policy)
     _, codes = np.unique([p.identity for p in photos], return_inverse=True)
     scores, same = pair_scores(embeddings, found, codes)
-    named = {
-        name: point.threshold
-        for name, point in pack.manifest.calibration.operating_points.items()
-        if name != "default"
-    }
+    named = {name: point.threshold for name, point in pack.manifest.calibration.operating_points.items()}
     return {
         "policy": policy.value,
         "photos_without_face": int((~found).sum()),
