@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.detector_from is not None:
             pack = _with_detector_of(pack, load_pack(args.detector_from, verify=True))
-        photos = embed_photos(pack, settings, images, args.cache)
+        photos, seconds = embed_photos_timed(pack, settings, images, args.cache)
         for policy in args.policies:
             run = evaluate(photos, FacePolicy(policy), pack)
             run.update(pack=pack.manifest.id, detector=pack.manifest.detector.provenance.source)
-            run.update(det_input_size=args.det_input_size, seconds_per_photo=photos_seconds(photos))
+            run.update(det_input_size=args.det_input_size, seconds_per_photo=seconds)
             results["runs"].append(run)
             _print_run(run)
     if args.out is not None:
@@ -117,23 +117,22 @@ def _with_detector_of(pack: LoadedPack, other: LoadedPack) -> LoadedPack:
 
 # ------------------------------------------------------------------------------------------ embedding
 
-_seconds: dict[int, float] = {}
-
-
-def photos_seconds(photos: list[PhotoFaces]) -> float:
-    return _seconds.get(id(photos), float("nan"))
-
 
 def embed_photos(
     pack: LoadedPack, settings: Settings, images: dict[str, list[Path]], cache_dir: Path
 ) -> list[PhotoFaces]:
     """Every face of every photo, embedded (read back from the cache when the key matches)."""
+    return embed_photos_timed(pack, settings, images, cache_dir)[0]
+
+
+def embed_photos_timed(
+    pack: LoadedPack, settings: Settings, images: dict[str, list[Path]], cache_dir: Path
+) -> tuple[list[PhotoFaces], float]:
+    """``embed_photos`` and the pipeline's seconds per photo (as measured when first computed)."""
     key = _cache_key(pack, settings, images)
     cache_file = cache_dir / f"{key}.npz"
     if cache_file.is_file():
-        photos, seconds = _read_cache(cache_file)
-        _seconds[id(photos)] = seconds
-        return photos
+        return _read_cache(cache_file)
     pipeline = FacePipeline.from_pack(pack, settings)
     photos, start = [], time.perf_counter()
     paths = [(identity, path) for identity, files in sorted(images.items()) for path in files]
@@ -162,8 +161,7 @@ def embed_photos(
             )
     seconds = (time.perf_counter() - start) / max(len(paths), 1)
     _write_cache(cache_file, photos, seconds)
-    _seconds[id(photos)] = seconds
-    return photos
+    return photos, seconds
 
 
 def _cache_key(pack: LoadedPack, settings: Settings, images: dict[str, list[Path]]) -> str:

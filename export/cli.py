@@ -269,44 +269,40 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 0
 
 
-def _cmd_default_pack(args: argparse.Namespace) -> int:
-    from export.default_pack import build_default_pack
+def _report_built_pack(name: str, args: argparse.Namespace, build: Callable[[Path], Path]) -> int:
+    """Build a built-in pack into ``--out`` (default ``$FACE_MODELS_DIR/<name>``) and say where it is."""
     from service.settings import Settings
 
-    out = args.out if args.out is not None else Settings().models_dir / "default"
-    pack_dir = build_default_pack(out, force=args.force)
-    print(f"default pack {load_pack(pack_dir, verify=False).manifest.id} ready in {pack_dir}")
+    out = args.out if args.out is not None else Settings().models_dir / name
+    pack_dir = build(out)
+    print(f"{name} pack {load_pack(pack_dir, verify=False).manifest.id} ready in {pack_dir}")
     return 0
+
+
+def _cmd_default_pack(args: argparse.Namespace) -> int:
+    from export.default_pack import build_default_pack
+
+    return _report_built_pack("default", args, lambda out: build_default_pack(out, force=args.force))
 
 
 def _cmd_ensemble_pack(args: argparse.Namespace) -> int:
     from export.ensemble_pack import build_ensemble_pack
-    from service.settings import Settings
 
-    out = args.out if args.out is not None else Settings().models_dir / "ensemble"
-    pack_dir = build_ensemble_pack(out, force=args.force)
-    print(f"ensemble pack {load_pack(pack_dir, verify=False).manifest.id} ready in {pack_dir}")
-    return 0
+    return _report_built_pack("ensemble", args, lambda out: build_ensemble_pack(out, force=args.force))
 
 
 def _cmd_fast_pack(args: argparse.Namespace) -> int:
     from export.default_pack import FAST_PACK, build_sface_pack
-    from service.settings import Settings
 
-    out = args.out if args.out is not None else Settings().models_dir / "fast"
-    pack_dir = build_sface_pack(FAST_PACK, out, force=args.force, wheels_dir=args.wheels)
-    print(f"fast pack {load_pack(pack_dir, verify=False).manifest.id} ready in {pack_dir}")
-    return 0
+    return _report_built_pack(
+        "fast", args, lambda out: build_sface_pack(FAST_PACK, out, force=args.force, wheels_dir=args.wheels)
+    )
 
 
 def _cmd_dlib_pack(args: argparse.Namespace) -> int:
     from export.dlib_pack import build_dlib_pack
-    from service.settings import Settings
 
-    out = args.out if args.out is not None else Settings().models_dir / "dlib"
-    pack_dir = build_dlib_pack(out, force=args.force)
-    print(f"dlib pack {load_pack(pack_dir, verify=False).manifest.id} ready in {pack_dir}")
-    return 0
+    return _report_built_pack("dlib", args, lambda out: build_dlib_pack(out, force=args.force))
 
 
 def _cmd_insightface_pack(args: argparse.Namespace) -> int:
