@@ -34,7 +34,7 @@ from service.pipeline.align import estimate_similarity
 
 logger = logging.getLogger(__name__)
 
-RECIPE: Final = "face-export ensemble-pack recipe 1 (sface+dlib)"
+RECIPE: Final = "face-export ensemble-pack recipe 2 (sface+dlib, member ids)"
 PACK_ID_PREFIX: Final = "ensemble-sface-dlib"
 SFACE_SHARE: Final = 0.2  # α: the SFace cosine's share of the ensemble cosine
 MEMBER_PROCEDURE: Final = (
@@ -98,7 +98,8 @@ def _build(out_dir: Path) -> None:
             crop_size=crop_size, crop_template=crop_template, members=tuple(specs), procedure=MEMBER_PROCEDURE
         )
         files = staging.file_hashes()
-        fingerprint = "".join(embedding_fingerprint(files[s.embedder.file], s.embedder) for s in specs)
+        # Member pack ids follow their embedding functions (not file bytes, which exact rewrites change).
+        fingerprint = "".join(pack.manifest.id for pack, _, _ in members) + repr([s.weight for s in specs])
         manifest = PackManifest(
             id=f"{PACK_ID_PREFIX}-{embedding_fingerprint(fingerprint, specs[0].embedder)[:8]}",
             description=(

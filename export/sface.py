@@ -4,7 +4,8 @@ The shipped file is an int8 block-quantized graph that declares every initialize
 as graph inputs: ONNX Runtime and OpenCV both refuse it. ``clean_sface`` reduces the inputs to
 ``data`` (no weight changes); ``dequantize_sface`` then folds the weight dequantization into fp32
 initializers, computed by ONNX's reference implementation (the values the int8 graph computes at run
-time), and frees the batch axis. ``docs/models.md`` records which one is faster and by how much.
+time), and frees the batch axis. ``export/prelu_rewrite.py`` finally writes its PReLUs as ``Max``
+(same numbers, ~1.7× faster in ONNX Runtime on CPU). ``docs/models.md`` records the timings.
 
 Conventions (OpenCV's ``FaceRecognizerSF`` and the zoo's README): input ``data`` N×3×112×112 **RGB**
 in 0..255 (the graph itself computes (x − 127.5) / 128), aligned on the ArcFace 112×112 5-point
@@ -76,6 +77,14 @@ class SFaceParity:
     samples: int
     max_abs_diff: float
     min_cosine: float
+
+
+def embed_raw(path: Path, inputs: np.ndarray) -> np.ndarray:
+    """The graph's raw (not normalized) output on N×3×112×112 raw RGB inputs, one CPU thread."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0])
 
 
 def check_sface_parity(int8_path: Path, fp32_path: Path, inputs: np.ndarray) -> SFaceParity:

