@@ -46,7 +46,7 @@ from benchmarks.synthetic_gallery import (
 from service.gallery.index import FaceIndex, IndexOptions, faiss_gpu_available
 from service.packs.loader import LoadedPack, load_pack, resolve_pack_dir
 from service.pipeline.embed import Embedder
-from service.pipeline.face_pipeline import FacePipeline
+from service.pipeline.face_pipeline import FacePipeline, resolved_batch_max_size
 from service.pipeline.runtime import CPU, CUDA, RuntimeOptions, create_session
 from service.pipeline.types import FloatArray, ImageArray
 from service.settings import Settings, load_settings
@@ -289,7 +289,10 @@ def bench_embedding(
     cells: dict[tuple[bool, int], _EmbedderTiming] = {}
     for flip in (spec.flip_augmentation, not spec.flip_augmentation):
         embedder = Embedder(
-            session, spec.model_copy(update={"flip_augmentation": flip}), max_batch=settings.batch_max_size
+            session,
+            spec.model_copy(update={"flip_augmentation": flip}),
+            # as the service runs it: 32 chips go through in batches of the device's cap
+            max_batch=resolved_batch_max_size(settings.batch_max_size, list(session.get_providers())),
         )
         for batch in (1, 32):
             batches = [

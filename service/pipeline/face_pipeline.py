@@ -38,6 +38,17 @@ class ChipEmbedder(Protocol):
 # Stored crops keep this much extra context on each side (fraction of the chip's width/height), so
 # that re-embedding with a pack whose template crops looser still finds the face's surroundings.
 STORAGE_CROP_MARGIN = 0.25
+# Embedder batch caps when FACE_BATCH_MAX_SIZE is 0 (docs/benchmarks.md, "Batch size on CPU").
+CPU_BATCH_MAX_SIZE = 4
+ACCELERATOR_BATCH_MAX_SIZE = 32
+
+
+def resolved_batch_max_size(configured: int, embedder_providers: list[str]) -> int:
+    """``configured`` when set, else the cap that suits the provider the embedder runs on."""
+    if configured > 0:
+        return configured
+    on_cpu = not embedder_providers or embedder_providers[0] == "CPUExecutionProvider"
+    return CPU_BATCH_MAX_SIZE if on_cpu else ACCELERATOR_BATCH_MAX_SIZE
 
 
 class FacePipeline:
@@ -84,8 +95,9 @@ class FacePipeline:
             DetectionOptions.from_settings(settings, pack.manifest.detector),
         )
         sessions = [create_session(path, runtime) for path in pack.member_paths or (pack.embedder_path,)]
+        batch_max_size = resolved_batch_max_size(settings.batch_max_size, list(sessions[0].get_providers()))
         members = [
-            Embedder(session, spec, max_batch=settings.batch_max_size, flip=flip)
+            Embedder(session, spec, max_batch=batch_max_size, flip=flip)
             for session, spec in zip(sessions, pack.manifest.embedders, strict=True)
         ]
         embedder: ChipEmbedder = members[0]
@@ -104,7 +116,7 @@ class FacePipeline:
                 "detector": list(detector_session.get_providers()),
                 "embedder": list(embedder_session.get_providers()),
             },
-            batch_max_size=settings.batch_max_size,
+            batch_max_size=batch_max_size,
             batch_max_wait_ms=settings.batch_max_wait_ms,
             on_batch=on_batch,
         )

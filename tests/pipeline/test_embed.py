@@ -23,6 +23,11 @@ from service.packs.manifest import (
     TemplateDerivation,
 )
 from service.pipeline.embed import Embedder, l2_normalize, preprocess_chips
+from service.pipeline.face_pipeline import (
+    ACCELERATOR_BATCH_MAX_SIZE,
+    CPU_BATCH_MAX_SIZE,
+    resolved_batch_max_size,
+)
 
 CHIP = 8  # chip width and height of the linear test model
 DIM = 6
@@ -199,3 +204,37 @@ def test_dlib_pack_separates_real_identities(dlib_embedder: Embedder, shared_fac
     genuine, impostor = similarity[same & off_diagonal], similarity[~same]
     # Every genuine pair scores above every impostor pair on these five people.
     assert genuine.min() > impostor.max(), (genuine.min(), impostor.max())
+
+
+@pytest.mark.parametrize(
+    ("configured", "providers", "expected"),
+    [
+        (0, ["CPUExecutionProvider"], CPU_BATCH_MAX_SIZE),
+        (0, ["CUDAExecutionProvider", "CPUExecutionProvider"], ACCELERATOR_BATCH_MAX_SIZE),
+        (0, ["TensorrtExecutionProvider", "CUDAExecutionProvider"], ACCELERATOR_BATCH_MAX_SIZE),
+        (7, ["CPUExecutionProvider"], 7),
+        (7, ["CUDAExecutionProvider"], 7),
+    ],
+)
+def test_batch_cap_follows_the_setting_or_the_device(
+    configured: int, providers: list[str], expected: int
+) -> None:
+    assert resolved_batch_max_size(configured, providers) == expected
+
+
+def test_the_default_pipeline_on_cpu_embeds_in_small_batches_with_the_same_results(
+    default_pack_dir: Path, shared_faces: Path
+) -> None:
+    from service.evaluation.image_files import read_image
+    from service.packs.loader import load_pack
+    from service.pipeline.face_pipeline import FacePipeline
+    from service.settings import Settings
+
+    pack = load_pack(default_pack_dir)
+    small = FacePipeline.from_pack(pack, Settings(device="cpu"))
+    large = FacePipeline.from_pack(pack, Settings(device="cpu", batch_max_size=32))
+    assert small._embedder.max_batch == CPU_BATCH_MAX_SIZE
+    assert large._embedder.max_batch == 32
+    photos = sorted((shared_faces / "dlib_johns").rglob("*.jpg"))[:12]
+    chips = [small.align(image, small.detect(image)[0]) for image in map(read_image, photos)]
+    np.testing.assert_allclose(small.embed_chips_sync(chips), large.embed_chips_sync(chips), atol=1e-5)
