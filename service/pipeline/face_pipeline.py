@@ -34,6 +34,11 @@ class ChipEmbedder(Protocol):
 
     def embed(self, chips: Sequence[ImageArray]) -> FloatArray: ...
 
+    @property
+    def max_batch(self) -> int:
+        """Chips per model run; ``embed`` splits longer lists."""
+        ...
+
 
 # Stored crops keep this much extra context on each side (fraction of the chip's width/height), so
 # that re-embedding with a pack whose template crops looser still finds the face's surroundings.
@@ -134,6 +139,10 @@ class FacePipeline:
     @property
     def embedding_size(self) -> int:
         return self._manifest.embedding_size
+
+    @property
+    def embed_batch_max_size(self) -> int:
+        return self._embedder.max_batch
 
     @property
     def chip_size(self) -> tuple[int, int]:

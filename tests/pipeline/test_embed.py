@@ -233,8 +233,8 @@ def test_the_default_pipeline_on_cpu_embeds_in_small_batches_with_the_same_resul
     pack = load_pack(default_pack_dir)
     small = FacePipeline.from_pack(pack, Settings(device="cpu"))
     large = FacePipeline.from_pack(pack, Settings(device="cpu", batch_max_size=32))
-    assert small._embedder.max_batch == CPU_BATCH_MAX_SIZE
-    assert large._embedder.max_batch == 32
+    assert small.embed_batch_max_size == CPU_BATCH_MAX_SIZE
+    assert large.embed_batch_max_size == 32
     photos = sorted((shared_faces / "dlib_johns").rglob("*.jpg"))[:12]
     chips = [small.align(image, small.detect(image)[0]) for image in map(read_image, photos)]
     np.testing.assert_allclose(small.embed_chips_sync(chips), large.embed_chips_sync(chips), atol=1e-5)
