@@ -10,7 +10,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml scripts/install.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# The pip steps live in scripts/install.sh, shared with docker/Dockerfile*: pip, then torch alone
-	# (pinned in pyproject's export extra, so the CPU build on disk is used), then the project.
+	# (pinned in pyproject's export extra) from PyTorch's CPU index (TORCH_INDEX_URL; pip's own indexes
+	# when that one does not answer), then the project.
 	scripts/install.sh --editable --extras export,dev,bench $(BIN)/python
 	touch $(STAMP)
 
@@ -46,9 +47,10 @@ test-heavy: pack
 bench: pack
 	$(BIN)/python -m benchmarks.service_bench --out benchmarks/results/service.json
 
-## bench-peer: side-by-side with the face_recognition/dlib reference pipeline
+## bench-peer: side-by-side with the face_recognition/dlib reference pipeline (and the fast pack)
 bench-peer: pack
-	$(BIN)/python -m benchmarks.peer_bench --out benchmarks/results/peer.json
+	$(BIN)/face-export fast-pack
+	$(BIN)/python -m benchmarks.peer_bench --packs fast --out benchmarks/results/peer.json
 
 clean-venv:
 	rm -rf $(VENV)

@@ -11,8 +11,10 @@ with dlib's rule "same person when < 0.6".
 
 Measured: accuracy on the shared pairs (deepface ``master.csv``, and LFW-style pairs built from
 ``dlib_johns`` and ``orl_att_faces`` exactly as ``face-eval make-pairs`` builds them), images/s end to
-end on a 640×480 JPEG (decode → largest face → embedding), faces/s of the embedder alone, and where
-the time goes per stage. Both sides get the same number of threads. Prints tables, writes JSON.
+end on a 640×480 JPEG (decode → the face each pipeline compares → embedding: ours as /v1/verify
+picks it, under ``FACE_FACE_POLICY`` with the coarse first pass; face_recognition's largest), faces/s
+of the embedder alone, and where the time goes per stage. Both sides get the same number of threads.
+Prints tables, writes JSON.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class PeerPipeline(Protocol):
 
     def decode(self, data: bytes) -> ImageArray: ...
 
-    def largest_face_embedding(self, image: ImageArray) -> FloatArray | None: ...
+    def face_embedding(self, image: ImageArray) -> FloatArray | None: ...
 
     def chips(self, image: ImageArray) -> list[ImageArray]: ...
 
@@ -107,12 +109,13 @@ class OurPipeline:
             data, max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
         )
 
-    def largest_face_embedding(self, image: ImageArray) -> FloatArray | None:
-        faces = self.pipeline.analyze_sync(image, max_faces=1)
-        return faces[0].embedding if faces else None
+    def face_embedding(self, image: ImageArray) -> FloatArray | None:
+        face, _ = self.pipeline.analyze_chosen_sync(image, self.settings.face_policy)  # as /v1/verify
+        return None if face is None else face.embedding
 
     def chips(self, image: ImageArray) -> list[ImageArray]:
-        return [self.pipeline.align(image, face) for face in self.pipeline.detect(image)[:1]]
+        faces, index = self.pipeline.detect_chosen(image, self.settings.face_policy)
+        return [] if index is None else [self.pipeline.align(image, faces[index])]
 
     def embed_chips(self, chips: Sequence[ImageArray]) -> FloatArray:
         return self.pipeline.embed_chips_sync(chips)
@@ -132,7 +135,9 @@ class OurPipeline:
         chip = self.pipeline.align(image, faces[0])
         return {
             "decode": median_seconds(lambda: self.decode(data), repeats),
-            "detect": median_seconds(lambda: self.pipeline.detect(image), repeats),
+            "detect (the chosen face)": median_seconds(
+                lambda: self.pipeline.detect_chosen(image, self.settings.face_policy), repeats
+            ),
             "align + quality": median_seconds(
                 lambda: assess_quality(faces[0], self.pipeline.align(image, faces[0])), repeats
             ),
@@ -165,7 +170,7 @@ class DlibReference:
             return None
         return self.shapes(image, max(boxes, key=lambda box: box.area()))
 
-    def largest_face_embedding(self, image: ImageArray) -> FloatArray | None:
+    def face_embedding(self, image: ImageArray) -> FloatArray | None:
         shape = self._largest_shape(image)
         if shape is None:
             return None
@@ -258,7 +263,7 @@ def measure_speed(pipelines: Sequence[PeerPipeline], photo: bytes, repeats: int)
     """End to end and embedder-alone speed of every pipeline (interleaved), plus per-stage times."""
 
     def end_to_end(pipeline: PeerPipeline) -> Callable[[], FloatArray | None]:
-        return lambda: pipeline.largest_face_embedding(pipeline.decode(photo))
+        return lambda: pipeline.face_embedding(pipeline.decode(photo))
 
     def embed_batch(pipeline: PeerPipeline) -> Callable[[], FloatArray]:
         chips = pipeline.chips(pipeline.decode(photo)) * EMBED_BATCH
@@ -320,7 +325,7 @@ class AccuracyResult:
 def measure_accuracy(pipeline: PeerPipeline, name: str, pairs: PairSet) -> AccuracyResult:
     start = time.perf_counter()
     # Both sides get the very same pixels (face-eval's reader also opens ORL's PGM files).
-    embeddings = {path: pipeline.largest_face_embedding(read_image(path)) for path in pairs.images}
+    embeddings = {path: pipeline.face_embedding(read_image(path)) for path in pairs.images}
     seconds = time.perf_counter() - start
     scores = np.asarray(
         [_pair_score(pipeline, embeddings[p.first], embeddings[p.second]) for p in pairs.pairs]
@@ -463,6 +468,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         for size in args.det_sizes
     ]
+    tuned += [
+        OurPipeline(
+            Settings(intra_op_threads=args.threads, device="cpu", pack=pack),
+            name=f"this project, FACE_PACK={pack}",
+        )
+        for pack in args.packs
+    ]
     references: list[PeerPipeline] = [reference]
     if not args.quick:
         references.append(DlibReference(upsample=0))
@@ -515,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per speed number")
     parser.add_argument(
         "--det-sizes", type=int, nargs="*", default=[320], help="also time these FACE_DET_INPUT_SIZE values"
+    )
+    parser.add_argument(
+        "--packs", nargs="*", default=[], help="also time these packs (FACE_PACK names, e.g. fast)"
     )
     parser.add_argument("--quick", action="store_true", help="fewer pairs and runs (a smoke test)")
     return parser

@@ -1,7 +1,7 @@
 """Accuracy in the wild: a pack on ``celeba_wild`` through the full pipeline, per face policy.
 
     python -m benchmarks.wild_eval --pack DIR [--pack DIR ...] [--policies largest centre score]
-        [--det-input-size N] [--detector-from PACK_DIR] [--out FILE.json]
+        [--det-input-size N] [--coarse-input-size N] [--served] [--detector-from PACK_DIR] [--out FILE.json]
 
 Every photo goes through the service's FacePipeline (decode, detect, align, embed every face); the
 face policies (``service.pipeline.face_choice``) then pick one face per photo. A photo without a face
@@ -18,7 +18,10 @@ counts against the pipeline: its pairs score −1 (rejected at every threshold),
   the odd ones.
 
 Embeddings of every face are cached per pack manifest and options (``--cache``), so comparing
-policies costs one pipeline pass per pack. Prints a table, writes JSON.
+policies costs one pipeline pass per pack. ``--served`` instead embeds, per policy, only the face the
+service's own ``FacePipeline.detect_chosen`` picks, with its coarse first pass
+(``--coarse-input-size``, FACE_DET_COARSE_INPUT_SIZE): what /v1/verify and /v1/identify serve.
+Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from service.evaluation.pairs import identity_folders
 from service.packs.loader import LoadedPack, load_pack
 from service.pipeline.face_choice import FacePolicy, choose_face
 from service.pipeline.face_pipeline import FacePipeline
+from service.pipeline.types import EmbeddedFace, ImageArray
 from service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -74,15 +78,22 @@ def main(argv: list[str] | None = None) -> int:
     for pack_dir in args.pack:
         pack = load_pack(pack_dir, verify=True)
         settings = Settings(
-            det_input_size=args.det_input_size, models_dir=pack_dir.parent, pack=pack_dir.name
+            det_input_size=args.det_input_size,
+            det_coarse_input_size=args.coarse_input_size,
+            models_dir=pack_dir.parent,
+            pack=pack_dir.name,
         )
         if args.detector_from is not None:
             pack = _with_detector_of(pack, load_pack(args.detector_from, verify=True))
-        photos, seconds = embed_photos_timed(pack, settings, images, args.cache)
+        if not args.served:
+            photos, seconds = embed_photos_timed(pack, settings, images, args.cache)
         for policy in args.policies:
+            if args.served:
+                photos, seconds = embed_photos_timed(pack, settings, images, args.cache, FacePolicy(policy))
             run = evaluate(photos, FacePolicy(policy), pack)
             run.update(pack=pack.manifest.id, detector=pack.manifest.detector.provenance.source)
             run.update(det_input_size=args.det_input_size, seconds_per_photo=seconds)
+            run.update(served=args.served, coarse_input_size=args.coarse_input_size if args.served else None)
             results["runs"].append(run)
             _print_run(run)
     if args.out is not None:
@@ -100,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
         "--policies", nargs="+", default=[p.value for p in FacePolicy], choices=list(FacePolicy)
     )
     parser.add_argument("--det-input-size", type=int, default=Settings().det_input_size)
+    parser.add_argument("--coarse-input-size", type=int, default=Settings().det_coarse_input_size)
+    parser.add_argument(
+        "--served",
+        action="store_true",
+        help="embed only the face detect_chosen picks, per policy",
+    )
     parser.add_argument("--detector-from", type=Path, default=None, help="use this pack's detector instead")
     parser.add_argument("--cache", type=Path, default=Settings().models_dir.parent / "wild-eval-cache")
     parser.add_argument("--out", type=Path, default=None, help="JSON results")
@@ -126,10 +143,17 @@ def embed_photos(
 
 
 def embed_photos_timed(
-    pack: LoadedPack, settings: Settings, images: dict[str, list[Path]], cache_dir: Path
+    pack: LoadedPack,
+    settings: Settings,
+    images: dict[str, list[Path]],
+    cache_dir: Path,
+    served: FacePolicy | None = None,
 ) -> tuple[list[PhotoFaces], float]:
-    """``embed_photos`` and the pipeline's seconds per photo (as measured when first computed)."""
-    key = _cache_key(pack, settings, images)
+    """``embed_photos`` and the pipeline's seconds per photo (as measured when first computed).
+
+    ``served``: only the face the service picks under that policy (``detect_chosen``, coarse pass).
+    """
+    key = _cache_key(pack, settings, images, served)
     cache_file = cache_dir / f"{key}.npz"
     if cache_file.is_file():
         return _read_cache(cache_file)
@@ -138,7 +162,7 @@ def embed_photos_timed(
     paths = [(identity, path) for identity, files in sorted(images.items()) for path in files]
     for done, (identity, path) in enumerate(paths, start=1):
         image = read_image(path)
-        faces = pipeline.analyze_sync(image)
+        faces = pipeline.analyze_sync(image) if served is None else _served_face(pipeline, image, served)
         photos.append(
             PhotoFaces(
                 identity=identity,
@@ -164,7 +188,14 @@ def embed_photos_timed(
     return photos, seconds
 
 
-def _cache_key(pack: LoadedPack, settings: Settings, images: dict[str, list[Path]]) -> str:
+def _served_face(pipeline: FacePipeline, image: ImageArray, policy: FacePolicy) -> list[EmbeddedFace]:
+    face, _ = pipeline.analyze_chosen_sync(image, policy)
+    return [] if face is None else [face]
+
+
+def _cache_key(
+    pack: LoadedPack, settings: Settings, images: dict[str, list[Path]], served: FacePolicy | None = None
+) -> str:
     facts = {
         "version": CACHE_VERSION,
         "manifest": pack.manifest.model_dump(mode="json"),
@@ -175,6 +206,8 @@ def _cache_key(pack: LoadedPack, settings: Settings, images: dict[str, list[Path
         "max_faces": settings.max_faces,
         "files": [str(p) for files in sorted(images.values()) for p in files],
     }
+    if served is not None:  # absent otherwise, so the all-faces caches keep their keys
+        facts["served"] = [served.value, settings.det_coarse_input_size]
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
 
 

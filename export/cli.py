@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from export.pack_writer import ChipConvention
 
 
+logger = logging.getLogger("export.cli")
+
 FACE_TRAIN_FORMAT_PREFIX = "face-train-checkpoint/"
 # A threshold nobody measured yet: cosine similarity in the usual range of margin-trained models.
 PROVISIONAL_THRESHOLD = 0.3
@@ -66,7 +68,6 @@ def _parser() -> argparse.ArgumentParser:
         help="chip geometry and normalization: arcface112 = insightface 112×112, RGB (x-127.5)/127.5; "
         "dlib150 = dlib chips. Default: what a face-train checkpoint records, else arcface112",
     )
-    export.add_argument("--fp16", action="store_true", help="also write an fp16 copy (float32 in/out)")
     export.add_argument("--flip", action="store_true", help="declare flip augmentation in the manifest")
     export.add_argument("--parity-images", type=Path, default=None, help="folder of aligned chips for parity")
     export.add_argument(
@@ -136,7 +137,7 @@ class CheckpointContents:
     state_dict: dict[str, Any]
     backbone: str | None = None
     embedding_size: int | None = None
-    convention: ChipConvention | None = None  # face-train's preprocessing, when it aligned chips
+    convention: ChipConvention | None = None  # face-train's preprocessing (every face-train checkpoint)
 
 
 def read_checkpoint(checkpoint: Path) -> CheckpointContents:
@@ -164,32 +165,67 @@ def read_checkpoint(checkpoint: Path) -> CheckpointContents:
 
 
 def _face_train_contents(data: dict[str, Any], checkpoint: Path) -> CheckpointContents:
+    """Every face-train checkpoint exports: its chips are the recorded template at the input size.
+
+    A run without ``--align`` trained on whole images resized to the input size (pre-cropped faces,
+    e.g. ORL); checkpoints before ``aligned`` was recorded hold ``template: None`` then. The service
+    always aligns, so such a model is exported with the run's configured template (face-train's
+    default "arcface"), the chips closest to a centred face crop, and the manifest says so.
+    """
+    from export.pack_writer import ChipConvention, five_point_template
     from models.training.alignment import scaled_template
     from service.packs.manifest import ColorOrder, PixelNormalization, TemplateDerivation
 
     spec, prep = data["backbone"], data["preprocessing"]
     input_size = (int(spec["input_size"][0]), int(spec["input_size"][1]))
-    convention = None
-    if prep.get("template"):
-        from export.pack_writer import ChipConvention, five_point_template
-
-        convention = ChipConvention(
-            name=f"face-train:{prep['template']}",
-            input_size=input_size,
-            template=five_point_template(scaled_template(prep["template"], input_size).tolist()),
-            template_derivation=TemplateDerivation(
-                method=f"face-train template {prep['template']!r} scaled to {input_size[0]}×{input_size[1]}",
-                data=f"recorded in {checkpoint.name}",
-            ),
-            normalization=PixelNormalization(
-                color_order=ColorOrder(prep["color_order"]), mean=tuple(prep["mean"]), std=tuple(prep["std"])
-            ),
+    aligned = bool(prep.get("aligned", prep.get("template") is not None))
+    recorded_config = data.get("config")
+    config: dict[str, Any] = recorded_config if isinstance(recorded_config, dict) else {}
+    template = str(prep.get("template") or config.get("template") or "arcface")
+    size_text = f"{input_size[0]}×{input_size[1]}"
+    if aligned:
+        method = f"face-train template {template!r} scaled to {size_text}"
+    else:
+        method = (
+            f"face-train ran without --align (whole images resized to {size_text}); the service aligns "
+            f"faces to face-train's template {template!r} scaled to {size_text}"
         )
+        logger.warning("%s was trained without --align: exported with chips %s", checkpoint, method)
+    convention = ChipConvention(
+        name=f"face-train:{template}" + ("" if aligned else " (trained unaligned)"),
+        input_size=input_size,
+        template=five_point_template(scaled_template(template, input_size).tolist()),
+        template_derivation=TemplateDerivation(method=method, data=f"recorded in {checkpoint.name}"),
+        normalization=PixelNormalization(
+            color_order=ColorOrder(prep["color_order"]), mean=tuple(prep["mean"]), std=tuple(prep["std"])
+        ),
+    )
     return CheckpointContents(
         state_dict=_strip_module_prefix(data["model"]),
         backbone=str(spec["name"]),
         embedding_size=int(spec["embedding_size"]),
         convention=convention,
+    )
+
+
+def _arcface_chips_for(input_size: tuple[int, int]) -> ChipConvention:
+    """insightface's 112×112 ArcFace convention, its template scaled to ``input_size`` if it differs."""
+    from export.pack_writer import ChipConvention, arcface112_convention, five_point_template
+    from models.training.alignment import scaled_template
+    from service.packs.manifest import TemplateDerivation
+
+    arcface = arcface112_convention()
+    if input_size == arcface.input_size:
+        return arcface
+    size_text = f"{input_size[0]}×{input_size[1]}"
+    return ChipConvention(
+        name=f"arcface112 scaled to {size_text}",
+        input_size=input_size,
+        template=five_point_template(scaled_template("arcface", input_size).tolist()),
+        template_derivation=TemplateDerivation(
+            method=f"insightface arcface_dst scaled to {size_text} (as face-train scales it)"
+        ),
+        normalization=arcface.normalization,
     )
 
 
@@ -226,9 +262,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ExportError(f"{args.checkpoint} was trained as {contents.backbone}, not {args.backbone}")
     if args.template is not None:
         convention = _chip_conventions()[args.template]()
+    elif contents.convention is not None:  # a face-train checkpoint declares its own chips
+        convention = contents.convention
     else:
-        # A face-train checkpoint declares its own chips; otherwise insightface's 112×112 ArcFace chips.
-        convention = contents.convention or _chip_conventions()["arcface112"]()
+        # insightface's ArcFace chips, scaled when the backbone takes another size (face-train's
+        # RUN/backbone.pth of iresnet_tiny: 64×64, arcface template, as face-train scales it).
+        convention = _arcface_chips_for(entry.input_size)
     if convention.input_size != entry.input_size:
         raise ExportError(
             f"backbone {args.backbone} takes {entry.input_size} inputs but template {convention.name} "
@@ -260,7 +299,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 ),
                 write_detector=write_retinaface_onnx,
                 flip_augmentation=args.flip,
-                fp16=args.fp16,
                 parity_images=args.parity_images,
                 created_by=f"face-export export --backbone {args.backbone}",
             ),

@@ -1,4 +1,4 @@
-"""PyTorch embedder -> ONNX (fp32, and optionally an fp16 copy with float32 inputs and outputs)."""
+"""PyTorch embedder -> ONNX (fp32)."""
 
 from __future__ import annotations
 
@@ -74,31 +74,3 @@ def export_onnx(
     if outputs != [OUTPUT_NAME]:
         raise ExportError(f"{path}: the model must return one tensor (the embedding); got outputs {outputs}")
     return path
-
-
-def export_fp16_copy(fp32_path: Path, fp16_path: Path) -> Path:
-    """Write a float16 copy of an fp32 ONNX model that still takes and returns float32.
-
-    Uses onnxruntime's own converter (``onnxruntime.transformers.float16``); ``keep_io_types`` keeps
-    the graph's inputs and outputs float32 so callers feed both files the same arrays.
-    """
-    try:
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-        from onnxruntime.transformers.onnx_model import OnnxModel
-    except ImportError as exc:  # absent from minimal onnxruntime builds
-        raise ExportError(
-            "fp16 export needs onnxruntime.transformers.float16 (part of the onnxruntime wheel)"
-        ) from exc
-    model = onnx.load(str(fp32_path))
-    # The converter logs a debug line for every clamped tiny weight; keep its chatter out of the CLI.
-    logging.getLogger("onnxruntime.transformers.float16").setLevel(logging.WARNING)
-    converted = OnnxModel(convert_float_to_float16(model, keep_io_types=True))
-    # The converter appends its input casts at the end of the node list; the checker wants them sorted.
-    converted.topological_sort(is_deterministic=True)
-    try:
-        onnx.checker.check_model(converted.model)
-    except onnx.checker.ValidationError as exc:
-        raise ExportError(f"fp16 copy of {fp32_path} failed onnx.checker: {exc}") from exc
-    fp16_path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(converted.model, str(fp16_path))
-    return fp16_path

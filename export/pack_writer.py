@@ -3,7 +3,8 @@
 Files are staged in a hidden temporary folder next to the destination, fsynced, and the folder is
 renamed into place only after the manifest is written, so a half-built pack never looks valid.
 ``write_embedder_pack`` is the one path from a PyTorch embedder to a pack: detector, ONNX export,
-parity checks (random inputs always, real chips when given), optional fp16 copy, manifest.
+parity checks (random inputs always, real chips when given), manifest. No fp16 copy: the service
+would never load one (TensorRT, ``FACE_TENSORRT=true``, builds fp16 engines from the fp32 file).
 """
 
 from __future__ import annotations
@@ -19,14 +20,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from export.onnx_export import INPUT_NAME, OUTPUT_NAME, ExportError, export_fp16_copy, export_onnx
+from export.onnx_export import INPUT_NAME, OUTPUT_NAME, ExportError, export_onnx
 from export.parity import (
     ParityReport,
-    check_onnx_parity,
     check_parity,
     load_chip_folder,
     normalize_chips,
@@ -55,9 +54,8 @@ logger = logging.getLogger(__name__)
 
 DETECTOR_FILE = "detector.onnx"
 EMBEDDER_FILE = "embedder.onnx"
+# Written by earlier versions (never loaded by the service, so no longer written): a rebuild may replace it.
 EMBEDDER_FP16_FILE = "embedder_fp16.onnx"
-# fp16 rounding is far above fp32 parity; this bounds it to "same embedding" for verification.
-FP16_MIN_COSINE = 0.999
 PARITY_RANDOM_SAMPLES = 16
 Template = tuple[
     tuple[float, float], tuple[float, float], tuple[float, float], tuple[float, float], tuple[float, float]
@@ -184,7 +182,6 @@ class EmbedderPackRequest:
     calibration: Calibration
     write_detector: Callable[[Path], DetectorSpec]  # writes the detector ONNX, returns its spec
     flip_augmentation: bool = False
-    fp16: bool = False
     parity_images: Path | None = None
     created_by: str = "face-export"
 
@@ -193,7 +190,7 @@ class EmbedderPackRequest:
 class PackBuildResult:
     pack_dir: Path
     manifest: PackManifest
-    parity: dict[str, ParityReport] = field(default_factory=dict)  # "random", "images", "fp16"
+    parity: dict[str, ParityReport] = field(default_factory=dict)  # "random", "images"
 
 
 def write_embedder_pack(model: nn.Module, request: EmbedderPackRequest) -> PackBuildResult:
@@ -223,20 +220,7 @@ def write_embedder_pack(model: nn.Module, request: EmbedderPackRequest) -> PackB
             reports["images"] = require_parity(
                 check_parity(model, embedder_path, chips), what=f"chips in {request.parity_images}"
             )
-            inputs = np.concatenate([inputs, chips])
             logger.info("parity on %s: %s", request.parity_images, reports["images"].summary())
-
-        fp16_file: str | None = None
-        if request.fp16:
-            fp16_path = export_fp16_copy(embedder_path, staging.file(EMBEDDER_FP16_FILE))
-            reports["fp16"] = require_parity(
-                check_onnx_parity(embedder_path, fp16_path, inputs),
-                what="the fp16 copy against the fp32 export",
-                max_abs_diff=float("inf"),
-                min_cosine=FP16_MIN_COSINE,
-            )
-            logger.info("fp16 copy vs fp32: %s", reports["fp16"].summary())
-            fp16_file = EMBEDDER_FP16_FILE
 
         files = staging.file_hashes()
         embedder = EmbedderSpec(
@@ -249,7 +233,6 @@ def write_embedder_pack(model: nn.Module, request: EmbedderPackRequest) -> PackB
             template_derivation=convention.template_derivation,
             embedding_size=request.embedding_size,
             flip_augmentation=request.flip_augmentation,
-            fp16_file=fp16_file,
             provenance=request.provenance,
         )
         manifest = PackManifest(

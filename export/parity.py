@@ -58,15 +58,6 @@ def check_parity(
     return compare_outputs(np.concatenate(reference), exported)
 
 
-def check_onnx_parity(
-    reference_path: Path, candidate_path: Path, inputs: FloatArray, *, batch_size: int = 16
-) -> ParityReport:
-    """Compare two ONNX files on the same inputs (e.g. the fp16 copy against the fp32 export)."""
-    reference = _run_session(_cpu_session(reference_path), inputs, batch_size)
-    candidate = _run_session(_cpu_session(candidate_path), inputs, batch_size)
-    return compare_outputs(reference, candidate)
-
-
 def compare_outputs(reference: FloatArray, candidate: FloatArray) -> ParityReport:
     if reference.shape != candidate.shape:
         raise ParityError(f"output shapes differ: reference {reference.shape}, exported {candidate.shape}")

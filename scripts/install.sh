@@ -7,9 +7,13 @@
 #   --extras LIST   comma-separated extras of pyproject.toml, e.g. export,dev,bench (none: the service only)
 #   --editable      install the project in development mode (pip install -e)
 # Environment:
-#   TORCH_INDEX_URL    index that torch alone comes from (the Docker build uses PyTorch's CPU index);
-#                      unset: pip's configured indexes
-#   INSTALL_DRY_RUN=1  print the pip commands, one a line, instead of running them
+#   TORCH_INDEX_URL    index that torch alone comes from; unset: PyTorch's CPU index
+#                      (https://download.pytorch.org/whl/cpu), because PyPI's Linux torch is the CUDA
+#                      build (GBs). Empty (TORCH_INDEX_URL=): pip's configured indexes only. An index
+#                      that does not answer is skipped with a warning (offline mirrors keep working).
+#   TORCH_INDEX_TIMEOUT  seconds to wait for that index's answer (default 10)
+#   INSTALL_DRY_RUN=1  print the pip commands, one a line, instead of running them (the torch index
+#                      is assumed to answer unless TORCH_INDEX_PROBE=1)
 set -euo pipefail
 
 usage="usage: scripts/install.sh [--editable] [--extras LIST] PYTHON"
@@ -74,12 +78,36 @@ no_deps_specs="${specs[1]:-}"
 
 run "$python" -m pip install --upgrade pip setuptools wheel
 
+# Whether the torch index answers (its torch/ page), within TORCH_INDEX_TIMEOUT seconds.
+torch_index_answers() {
+    "$python" - "$1" "${TORCH_INDEX_TIMEOUT:-10}" <<'PY'
+import sys
+import urllib.request
+
+url, timeout = sys.argv[1].rstrip("/") + "/torch/", float(sys.argv[2])
+try:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        sys.exit(0 if response.status == 200 else 1)
+except Exception as exc:  # DNS, refused, timeout, HTTP errors, a malformed URL: all "does not answer"
+    print(f"install.sh: {url}: {exc}", file=sys.stderr)
+    sys.exit(1)
+PY
+}
+
 if [[ -n "$torch_spec" ]]; then
-    # torch goes in first, alone, from TORCH_INDEX_URL when set: the project install then finds the
-    # pin satisfied instead of resolving torch from PyPI, whose Linux wheel is the CUDA build.
+    # torch goes in first, alone, from the CPU index: the project install then finds the pin
+    # satisfied instead of resolving torch from PyPI, whose Linux wheel is the CUDA build.
+    torch_index="${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}"
     index_args=()
-    if [[ -n "${TORCH_INDEX_URL:-}" ]]; then
-        index_args=(--index-url "$TORCH_INDEX_URL")
+    if [[ -n "$torch_index" ]]; then
+        if [[ "${INSTALL_DRY_RUN:-0}" == 1 && "${TORCH_INDEX_PROBE:-0}" != 1 ]] \
+            || torch_index_answers "$torch_index"; then
+            index_args=(--index-url "$torch_index")
+        else
+            echo "install.sh: warning: torch index $torch_index does not answer; installing $torch_spec" \
+                "from pip's configured indexes (set TORCH_INDEX_URL to a reachable CPU index, or" \
+                "TORCH_INDEX_URL= to skip this check)" >&2
+        fi
     fi
     run "$python" -m pip install "${index_args[@]}" "$torch_spec"
 fi

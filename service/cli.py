@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 
@@ -32,9 +33,8 @@ def _fail(message: str) -> int:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: `keys` commands must not pay for onnxruntime and faiss start-up.
-    import uvicorn
-
     from service.api.app import create_app
+    from service.api.http_server import serve
     from service.api.metrics import ApiMetrics
     from service.api.startup import STARTUP_ERRORS, build_services
 
@@ -44,15 +44,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         services = build_services(settings, ApiMetrics())
     except STARTUP_ERRORS as exc:
         return _fail(f"cannot start: {exc}")
-    app = create_app(services=services)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        proxy_headers=True,
-        server_header=False,
-    )
+    # Timeouts, the connection limit and the log filters: service/api/http_server.py.
+    if not serve(create_app(services=services), settings):
+        return _fail("the server did not start (see the log above)")
     return 0
 
 
@@ -91,12 +85,68 @@ def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    """Report what keeps the gallery from opening; ``--repair`` moves it aside (deleting nothing)."""
+    from service.gallery.repair import CheckReport, check_gallery, repair_gallery
+    from service.gallery.store import GalleryError
+
+    def describe(report: CheckReport) -> None:
+        if not report.exists:
+            print(f"{report.path}: no gallery yet (one is created at the first start)")
+        if report.file_problem is not None:
+            print(f"{report.path}: unreadable: {report.file_problem}")
+        if report.pin_problem is not None:
+            print(f"{report.path}: {report.pin_problem}")
+        for row in report.bad_rows:
+            print(f"{report.path}: face #{row.index_id}: {row.reason}")
+        if report.quarantined_before:
+            print(f"{report.path}: {report.quarantined_before} faces kept in table quarantined_faces")
+        if report.exists and report.ok:
+            print(f"{report.path}: ok")
+
+    try:
+        if not args.repair:
+            report = check_gallery(settings.data_dir)
+            describe(report)
+            if not report.ok:
+                print("run `face-service check --repair` (service stopped) to move the bad parts aside")
+            return 0 if report.ok else 1
+        repaired = repair_gallery(settings.data_dir)
+    except (GalleryError, OSError) as exc:
+        return _fail(f"check failed, gallery unchanged: {exc}")
+    describe(repaired.before)
+    if repaired.moved_aside is not None:
+        rows = ", ".join(f"{count} {table}" for table, count in repaired.salvaged.items())
+        print(f"moved the unreadable file to {repaired.moved_aside} (kept); salvaged into a new file: {rows}")
+    if repaired.quarantined:
+        print(f"moved {repaired.quarantined} bad faces into table quarantined_faces (kept, not searched)")
+    print("after repair:")
+    describe(repaired.after)
+    return 0 if repaired.after.ok else 1
+
+
+def _keys_failure(settings: Settings, exc: Exception) -> int:
+    from service.auth.keys import KeyStoreCorruptError
+
+    return _fail(str(KeyStoreCorruptError(KeyStore.in_data_dir(settings.data_dir).path, str(exc))))
+
+
+def _checked_key_store(settings: Settings) -> KeyStore:
+    """The key store, refused (KeyStoreCorruptError) when damaged: the server would not start on it."""
+    store = KeyStore.in_data_dir(settings.data_dir)
+    store.ensure_schema()
+    store.check()
+    return store
+
+
 def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
     try:
         scopes = parse_scopes(args.scopes)
-        created = KeyStore.in_data_dir(settings.data_dir).create(scopes, name=args.name)
+        created = _checked_key_store(settings).create(scopes, name=args.name)
     except KeyStoreError as exc:
         return _fail(str(exc))
+    except (sqlite3.Error, OSError) as exc:
+        return _keys_failure(settings, exc)
     print(f"key id: {created.record.id}")
     print(f"scopes: {','.join(sorted(scopes))}")
     print(f"key:    {created.key}")
@@ -105,7 +155,10 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
-    keys = KeyStore.in_data_dir(settings.data_dir).list(include_revoked=args.all)
+    try:
+        keys = KeyStore.in_data_dir(settings.data_dir).list(include_revoked=args.all)
+    except (KeyStoreError, sqlite3.Error, OSError) as exc:
+        return _keys_failure(settings, exc)
     print(f"{'id':<14}{'scopes':<20}{'created':<27}{'status':<37}name")
     for key in keys:
         status = "active" if key.active else f"revoked {key.revoked_at}"
@@ -115,9 +168,11 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        record = KeyStore.in_data_dir(settings.data_dir).revoke(args.key_id)
+        record = _checked_key_store(settings).revoke(args.key_id)
     except KeyStoreError as exc:
         return _fail(str(exc))
+    except (sqlite3.Error, OSError) as exc:
+        return _keys_failure(settings, exc)
     print(f"revoked {record.id} ({record.revoked_at})")
     return 0
 
@@ -147,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete faces enrolled without a crop instead of failing",
     )
     reembed.set_defaults(handler=cmd_reembed)
+
+    check = commands.add_parser(
+        "check", help="check the gallery file for damage (service stopped); --repair moves it aside"
+    )
+    check.add_argument(
+        "--repair",
+        action="store_true",
+        help="quarantine bad faces and salvage an unreadable file into a new one (nothing is deleted)",
+    )
+    check.set_defaults(handler=cmd_check)
 
     keys = commands.add_parser("keys", help="manage API keys in FACE_DATA_DIR")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
 
     # --- detection
     det_input_size: int = Field(640, ge=64, le=4096)  # longest side fed to the detector
+    # Identify (largest_only) and face-eval first detect at this size and keep that answer when it
+    # settles the choice of face (docs/pipeline.md); 0: always full size.
+    det_coarse_input_size: int = Field(320, ge=0, le=4096)
     # Unset: the pack's recommended thresholds (its manifest); set: an explicit override.
     det_score_threshold: float | None = Field(None, gt=0.0, lt=1.0)
     det_nms_threshold: float | None = Field(None, gt=0.0, lt=1.0)
@@ -93,6 +96,15 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1024)
     max_images_per_request: int = Field(32, ge=1)
+    # Decoded pixels held at once by decoding + detecting images, across all requests (memory bound:
+    # ~3 bytes a pixel, a few copies at peak). An image waits for room, at most decode_budget_wait_s,
+    # then the request is answered 503 with Retry-After.
+    decode_pixel_budget: int = Field(120_000_000, ge=1024)
+    decode_budget_wait_s: float = Field(30.0, ge=0.0, le=600.0)
+    # Enrollment decodes a JPEG at least twice this long at a 1/2, 1/4 or 1/8 DCT scale keeping its
+    # longest side >= max(this, 2 × det_input_size): faces the detector can find stay >= 2× their
+    # detector size, enough for the 112×112 chip and the size bars. 0: always decode at full size.
+    jpeg_draft_min_side: int = Field(1280, ge=0)
 
     # --- enrollment quality bars
     enroll_min_face_size: int = Field(40, ge=1)

@@ -379,7 +379,10 @@ class Trainer:
                 "mean": [PIXEL_MEAN] * 3,
                 "std": [PIXEL_STD] * 3,
                 "greyscale": "replicated to 3 channels",
-                "template": self.config.template if self.config.align else None,
+                # The template the service should align to; ``aligned`` says whether training did
+                # (without --align the photos were whole-image resized, e.g. pre-cropped faces).
+                "template": self.config.template,
+                "aligned": self.config.align,
             },
             "model": self.model.state_dict(),
             "head": self.head.state_dict(),

@@ -11,10 +11,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
+from service.api.auth_middleware import CredentialsInUrlMiddleware, EarlyAuthMiddleware
+from service.api.docs_assets import install_offline_docs
 from service.api.domain_errors import install_domain_error_handlers
 from service.api.errors import install_error_handlers
 from service.api.metrics import ApiMetrics, MetricsMiddleware
-from service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware, UnhandledErrorMiddleware
 from service.api.openapi import install_problem_openapi
 from service.api.routes import detect, embed, faces, health, identify, info, keys, subjects, verify
 from service.api.startup import build_services
@@ -75,10 +77,17 @@ def create_app(settings: Settings | None = None, *, services: AppServices | None
     for router in _ROUTERS:
         app.include_router(router)
     install_problem_openapi(app)
+    install_offline_docs(app)
 
     # Added last = outermost: the request id wraps everything, so every response (413s included) has it.
+    # Inside out: a body is refused without a valid key before it is read; a key in the URL is refused
+    # before that (400, not 401); sizes are checked first of all from Content-Length; unexpected
+    # exceptions become a 500 that keeps the connection (metrics count it as a 500).
+    app.add_middleware(EarlyAuthMiddleware)
+    app.add_middleware(CredentialsInUrlMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(UnhandledErrorMiddleware)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
 
 from service.api.errors import ApiError
 from service.api.state import AppServices
@@ -30,6 +31,34 @@ def get_services(request: Request) -> AppServices:
 Services = Annotated[AppServices, Depends(get_services)]
 
 
+def presented_key(headers: Headers) -> str | None:
+    """The key from ``X-API-Key`` or ``Authorization: Bearer`` (as the dependencies read it)."""
+    api_key = headers.get("x-api-key")
+    if api_key:
+        return api_key
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return credentials.strip() or None
+
+
+def unauthenticated_error(presented: str | None) -> ApiError:
+    """The 401 for a missing or unknown key (its reason is also the ``face_auth_failures`` label)."""
+    reason = "missing" if not presented else "invalid"
+    return ApiError(
+        401,
+        f"{reason}_api_key",
+        "an API key is required (X-API-Key or Authorization: Bearer)"
+        if reason == "missing"
+        else "the API key is unknown or revoked",
+        headers=_WWW_AUTHENTICATE,
+    )
+
+
+def auth_failure_reason(error: ApiError) -> str:
+    return error.code.removesuffix("_api_key")
+
+
 def require_scope(needed: Scope) -> Callable[..., Principal]:
     """A dependency that authenticates the caller and checks ``needed`` (admin implies every scope)."""
 
@@ -42,16 +71,9 @@ def require_scope(needed: Scope) -> Callable[..., Principal]:
         # A sync dependency: FastAPI runs it in the thread pool, so the key lookup never blocks the loop.
         principal = services.authenticator.authenticate(presented)
         if principal is None:
-            reason = "missing" if not presented else "invalid"
-            services.metrics.auth_failures.labels(reason=reason).inc()
-            raise ApiError(
-                401,
-                f"{reason}_api_key",
-                "an API key is required (X-API-Key or Authorization: Bearer)"
-                if reason == "missing"
-                else "the API key is unknown or revoked",
-                headers=_WWW_AUTHENTICATE,
-            )
+            error = unauthenticated_error(presented)
+            services.metrics.auth_failures.labels(reason=auth_failure_reason(error)).inc()
+            raise error
         if not grants(principal.scopes, needed):
             services.metrics.auth_failures.labels(reason="scope").inc()
             held = ", ".join(sorted(scope.value for scope in principal.scopes))

@@ -1,6 +1,12 @@
-"""Gallery and threshold errors → problem responses, through one table (most specific class first)."""
+"""Gallery and threshold errors → problem responses, through one table (most specific class first).
+
+A full disk (SQLite's "database or disk is full", ENOSPC, EFBIG, EDQUOT) from any write is 507
+``storage_full``: the write was rolled back, so the client may retry once space is freed.
+"""
 
 from __future__ import annotations
+
+import sqlite3
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -13,6 +19,11 @@ from service.gallery.store import (
     GalleryError,
     InvalidCursorError,
     SubjectNotFoundError,
+    is_storage_full,
+)
+
+STORAGE_FULL_DETAIL = (
+    "the service's storage is full: nothing from this request was stored; retry once space is freed"
 )
 
 # (status, problem code, field the error is about or None)
@@ -42,6 +53,16 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response_for_scope(request.scope, status=status, code=code, detail=str(exc), errors=errors)
 
 
+async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+    if not is_storage_full(exc):  # any other I/O or database error stays a 500
+        raise exc
+    return problem_response_for_scope(
+        request.scope, status=507, code="storage_full", detail=STORAGE_FULL_DETAIL
+    )
+
+
 def install_domain_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GalleryError, _domain_error)
     app.add_exception_handler(ThresholdError, _domain_error)
+    app.add_exception_handler(sqlite3.Error, _storage_error)
+    app.add_exception_handler(OSError, _storage_error)

@@ -17,22 +17,26 @@ import numpy as np
 from fastapi import UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from service.api.images import decode_bytes, read_upload
+from service.api.images import busy_error, open_upload, read_upload
 from service.api.state import AppServices
 from service.gallery.store import NewFace, StoredCrop
-from service.pipeline.decode import ImageDecodeError
+from service.pipeline.decode import ImageDecodeError, OpenedImage
 from service.pipeline.face_choice import FacePolicy, choose_face
 from service.pipeline.face_pipeline import FacePipeline
+from service.pipeline.pixel_budget import PixelBudgetBusyError
 from service.pipeline.quality import QualityBars, Rejection, enrollment_rejection
 from service.pipeline.types import AlignedFace, ImageArray
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """An image whose face passed every check, waiting to be embedded and committed."""
+    """An image whose face passed every check, waiting to be embedded and committed.
+
+    Only the chip and the storage crop are kept: the decoded image is released once examined.
+    """
 
     face: AlignedFace
-    image: ImageArray
+    crop: StoredCrop | None
 
 
 @dataclass(frozen=True)
@@ -63,57 +67,72 @@ def _choose_face(
     return assessed, enrollment_rejection(assessed.quality, bars)
 
 
+def _invalid_image(index: int, filename: str | None, exc: ImageDecodeError) -> ImageOutcome:
+    return ImageOutcome(index, filename, rejection=Rejection("invalid_image", f"{exc.code}: {exc.detail}"))
+
+
 def _examine(
-    services: AppServices, data: bytes, index: int, filename: str | None, policy: FacePolicy | None
+    services: AppServices, opened: OpenedImage, index: int, filename: str | None, policy: FacePolicy | None
 ) -> ImageOutcome:
-    """Decode and check one image (blocking)."""
+    """Decode and check one image, and cut its storage crop (blocking)."""
     try:
-        image = decode_bytes(data, services.settings)
+        image = opened.decode()
     except ImageDecodeError as exc:
-        return ImageOutcome(
-            index, filename, rejection=Rejection("invalid_image", f"{exc.code}: {exc.detail}")
-        )
+        return _invalid_image(index, filename, exc)
     face, rejection = _choose_face(services.pipeline, image, services.quality_bars, policy)
     if rejection is not None or face is None:
         return ImageOutcome(index, filename, rejection=rejection)
-    return ImageOutcome(index, filename, candidate=Candidate(face, image))
+    crop = (
+        StoredCrop(*services.pipeline.storage_crop(image, face.face))
+        if services.settings.store_crops
+        else None
+    )
+    return ImageOutcome(index, filename, candidate=Candidate(face, crop))
+
+
+async def _examine_upload(
+    services: AppServices, data: bytes, index: int, filename: str | None, policy: FacePolicy | None
+) -> ImageOutcome:
+    """Header checks, then decode + detect + align within the pixel budget (large JPEGs drafted)."""
+    try:
+        opened = await run_in_threadpool(open_upload, data, services.settings, draft=True)
+    except ImageDecodeError as exc:
+        return _invalid_image(index, filename, exc)
+    with opened:
+        async with services.pixel_budget.hold(opened.decoded_pixels):
+            return await run_in_threadpool(_examine, services, opened, index, filename, policy)
 
 
 async def examine_uploads(
     services: AppServices, uploads: list[UploadFile], policy: FacePolicy | None = None
 ) -> list[ImageOutcome]:
-    """Every image's outcome, in request order; images are examined concurrently in worker threads."""
+    """Every image's outcome, in request order; images are examined concurrently in worker threads.
+
+    Raises ``ApiError`` 503 (nothing is stored) when the pixel budget stays full too long.
+    """
     datas = [await read_upload(upload) for upload in uploads]
-    return list(
-        await asyncio.gather(
-            *(
-                run_in_threadpool(_examine, services, data, index, upload.filename, policy)
-                for index, (data, upload) in enumerate(zip(datas, uploads, strict=True))
+    try:
+        return list(
+            await asyncio.gather(
+                *(
+                    _examine_upload(services, data, index, upload.filename, policy)
+                    for index, (data, upload) in enumerate(zip(datas, uploads, strict=True))
+                )
             )
         )
-    )
+    except PixelBudgetBusyError as exc:
+        raise busy_error(exc) from None
 
 
 async def new_faces(services: AppServices, candidates: list[Candidate]) -> list[NewFace]:
-    """Embed the accepted faces in one batch; keep a re-alignable crop when FACE_STORE_CROPS is on."""
-    pipeline = services.pipeline
-    embeddings = await pipeline.embed_chips([candidate.face.chip for candidate in candidates])
-    crops: list[StoredCrop | None] = [None] * len(candidates)
-    if services.settings.store_crops:
-
-        def make_crops() -> list[StoredCrop | None]:
-            return [
-                StoredCrop(*pipeline.storage_crop(candidate.image, candidate.face.face))
-                for candidate in candidates
-            ]
-
-        crops = await run_in_threadpool(make_crops)
+    """Embed the accepted faces in one batch, with their re-alignable crops (FACE_STORE_CROPS)."""
+    embeddings = await services.pipeline.embed_chips([candidate.face.chip for candidate in candidates])
     return [
         NewFace(
             embedding=np.asarray(embedding, dtype=np.float32),
             det_score=candidate.face.face.score,
             quality=dataclasses.asdict(candidate.face.quality),
-            crop=crop,
+            crop=candidate.crop,
         )
-        for candidate, embedding, crop in zip(candidates, embeddings, crops, strict=True)
+        for candidate, embedding in zip(candidates, embeddings, strict=True)
     ]

@@ -21,6 +21,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
+from service.api.allowed_methods import allowed_methods
+
 logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -162,12 +164,15 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         detail = f"no route {request.url.path}"
     elif status == 405 and detail == "Method Not Allowed":
         detail = f"method {request.method} is not allowed on {request.url.path}"
+    headers = dict(exc.headers) if exc.headers else {}
+    if status == 405:  # every method of the path, not only those of the first route that matched it
+        headers["Allow"] = ", ".join(allowed_methods(request.app.router.routes, request.scope))
     return problem_response_for_scope(
         request.scope,
         status=status,
         code=_STATUS_CODES.get(status, "http_error"),
         detail=detail,
-        headers=dict(exc.headers) if exc.headers else None,
+        headers=headers or None,
     )
 
 

@@ -1,4 +1,10 @@
-"""Uploaded images → RGB arrays, with decode errors turned into problem responses."""
+"""Uploaded images → RGB arrays, with decode errors turned into problem responses.
+
+Every decode reserves its decoded pixels in the app's ``PixelBudget`` first (``AppServices``): the
+single-image routes for the decode itself (their pixels are then held by the request until it
+answers), enrollment for decode + detect + align of each image (``service.api.enrollment``). No room
+within ``FACE_DECODE_BUDGET_WAIT_S``: 503 ``busy`` with Retry-After.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,9 @@ from fastapi import UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from service.api.errors import ApiError, FieldError
-from service.pipeline.decode import ImageDecodeError, decode_image
+from service.api.state import AppServices
+from service.pipeline.decode import ImageDecodeError, OpenedImage, open_image
+from service.pipeline.pixel_budget import PixelBudgetBusyError
 from service.pipeline.types import ImageArray
 from service.settings import Settings
 
@@ -35,16 +43,38 @@ async def read_upload(upload: UploadFile) -> bytes:
         await upload.close()
 
 
-def decode_bytes(data: bytes, settings: Settings) -> ImageArray:
-    """Decode (blocking: call it from a worker thread); raises ImageDecodeError."""
-    return decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+def open_upload(data: bytes, settings: Settings, *, draft: bool = False) -> OpenedImage:
+    """Parse the header and check the limits (blocking, but brief); raises ImageDecodeError.
+
+    ``draft``: decode large JPEGs at a reduced scale (see ``Settings.jpeg_draft_min_side``). Only
+    where no pixel coordinates are returned to the caller (enrollment): the routes that answer with
+    boxes and landmarks report them in the uploaded image's own pixel frame.
+    """
+    min_side = max(settings.jpeg_draft_min_side, 2 * settings.det_input_size)
+    return open_image(
+        data,
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        draft_min_side=min_side if draft and settings.jpeg_draft_min_side > 0 else 0,
+    )
 
 
-async def load_image(upload: UploadFile, field: str, settings: Settings) -> ImageArray:
+def busy_error(exc: PixelBudgetBusyError) -> ApiError:
+    return ApiError(
+        503,
+        "busy",
+        f"the server is decoding as many images as its memory budget allows; retry in {exc.retry_after_s} s",
+        headers={"Retry-After": str(exc.retry_after_s)},
+    )
+
+
+async def load_image(upload: UploadFile, field: str, services: AppServices) -> ImageArray:
     """Read and decode one upload off the event loop; a bad image is a problem naming ``field``."""
     data = await read_upload(upload)
     try:
-        return await run_in_threadpool(decode_bytes, data, settings)
+        with await run_in_threadpool(open_upload, data, services.settings) as opened:
+            async with services.pixel_budget.hold(opened.decoded_pixels):
+                return await run_in_threadpool(opened.decode)
     except ImageDecodeError as exc:
         raise ApiError(
             decode_status(exc),
@@ -52,6 +82,8 @@ async def load_image(upload: UploadFile, field: str, settings: Settings) -> Imag
             f"{field}: {exc.detail}",
             errors=[FieldError(field, exc.detail, exc.code)],
         ) from None
+    except PixelBudgetBusyError as exc:
+        raise busy_error(exc) from None
 
 
 def check_image_count(uploads: Sequence[UploadFile], field: str, settings: Settings) -> None:

@@ -13,6 +13,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 UNMATCHED_ROUTE = "<unmatched>"
+# Any other method (HTTP allows any token, and callers need no key to send one) is counted as one
+# label: a label per made-up method grew /metrics without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "OTHER"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -68,15 +72,21 @@ class ApiMetrics:
         self.embedding_batch_size.observe(size)
 
     def render(self, *, gallery_subjects: int, gallery_faces: int, gallery_indexed_faces: int) -> bytes:
-        """The text exposition, with gallery sizes read at scrape time."""
+        """The text exposition, with gallery sizes read at scrape time. Blocking: call it from a worker
+        thread (``run_in_threadpool``), never on the event loop."""
         self.gallery_subjects.set(gallery_subjects)
         self.gallery_faces.set(gallery_faces)
         self.gallery_indexed_faces.set(gallery_indexed_faces)
         return generate_latest(self.registry)
 
 
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
 def _route_template(scope: Scope) -> str:
-    # FastAPI's router puts the matched route in the scope; its path template keeps label cardinality low.
+    # FastAPI's router puts the matched route in the scope; its path template keeps label cardinality
+    # low, and every path that matches no route shares one label.
     route = scope.get("route")
     template = getattr(route, "path_format", None) or getattr(route, "path", None)
     return str(template) if template else UNMATCHED_ROUTE
@@ -106,5 +116,5 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_recording_status)
         finally:
             self.metrics.request_latency.labels(
-                route=_route_template(scope), method=scope["method"], status=str(status)
+                route=_route_template(scope), method=method_label(scope["method"]), status=str(status)
             ).observe(time.perf_counter() - started)

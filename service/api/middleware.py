@@ -1,7 +1,9 @@
-"""Pure ASGI middleware: request ids and the request size limit (no body buffering, no BaseHTTPMiddleware)."""
+"""Pure ASGI middleware (no body buffering, no BaseHTTPMiddleware): request ids, the request size limit,
+and 500s that keep the connection. The key checks at the edge: service/api/auth_middleware.py."""
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 
@@ -9,7 +11,9 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import REQUEST_ID_HEADER, problem_response_for_scope
+from service.api.errors import REQUEST_ID_HEADER, problem_response_for_scope, request_id_of
+
+logger = logging.getLogger(__name__)
 
 # A caller's id is echoed only when it is short and plain (it ends up in logs and headers).
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -84,3 +88,47 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class UnhandledErrorMiddleware:
+    """Answer an unexpected exception with a 500 problem and keep the connection alive.
+
+    Starlette's ServerErrorMiddleware sends its 500 and then re-raises, and uvicorn closes (resets)
+    a keep-alive connection whose app raised after the response began. Caught here, the exception is
+    logged with its traceback and goes no further. Once a response has begun it is re-raised: only
+    closing the connection ends half a response cleanly.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as exc:
+            if response_started:
+                raise
+            # %r: a decoded path may hold control characters; the log stays one record per error.
+            logger.error(
+                "unhandled %s on %s %r (request %s)",
+                type(exc).__name__,
+                scope.get("method"),
+                scope.get("path"),
+                request_id_of(scope),
+                exc_info=exc,
+            )
+            response = problem_response_for_scope(
+                scope, status=500, code="internal_error", detail="an unexpected error occurred"
+            )
+            await response(scope, receive, send)

@@ -1,9 +1,26 @@
-"""Pipeline dataclasses → response models (the one place that knows both shapes)."""
+"""Pipeline and gallery dataclasses → response models (the one place that knows both shapes).
+
+Stored data is shown defensively: a read must answer 200 whatever an older version (or a hand
+edit of the SQLite file) left in a row. A name that isn't valid Unicode is shown with its lone
+surrogates escaped (``\\ud800``); metadata that can't be returned as JSON is replaced by an object
+holding only ``UNREADABLE_METADATA_KEY`` and why, so the subject can still be found, fixed with a
+PATCH, or deleted by its id.
+"""
 
 from __future__ import annotations
 
-from service.api.schemas import Box, Landmarks, Quality
+import math
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.api.input_limits import unicode_problem
+from service.api.schemas import Box, FaceOut, Landmarks, Quality, SubjectOut
+from service.gallery.store import UNREADABLE_METADATA_KEY, FaceRecord, Subject
 from service.pipeline.types import DetectedFace, FaceQuality
+
+# Well below pydantic-core's serialization depth limit (~254) once the response's own nesting is added.
+_MAX_RETURNED_DEPTH = 64
 
 
 def box_of(face: DetectedFace) -> Box:
@@ -28,3 +45,85 @@ def quality_of(quality: FaceQuality) -> Quality:
         pitch_deg=quality.pitch_deg,
         roll_deg=quality.roll_deg,
     )
+
+
+def similarity_of(value: float) -> float:
+    """A cosine similarity clamped to [-1, 1]: float32 dot products of unit vectors overshoot by ~1e-7."""
+    return min(1.0, max(-1.0, float(value)))
+
+
+def readable_name(name: object) -> str:
+    """A stored name as text that always encodes: lone surrogates escaped, non-text shown as text."""
+    if isinstance(name, bytes):  # SQLite is dynamically typed: a hand-written row may hold a BLOB
+        name = name.decode("utf-8", "backslashreplace")
+    text = name if isinstance(name, str) else str(name)
+    if unicode_problem(text) is None:
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def readable_metadata(metadata: object) -> dict[str, Any]:
+    """Stored metadata as is when it can be returned as JSON, else a marker object saying why not."""
+    if not isinstance(metadata, dict):
+        return {UNREADABLE_METADATA_KEY: f"stored metadata is a {type(metadata).__name__}, not an object"}
+    reason = _unreturnable(metadata)
+    if reason is None:
+        return metadata
+    return {UNREADABLE_METADATA_KEY: f"stored metadata can't be returned as JSON ({reason}); replace it"}
+
+
+def _unreturnable(metadata: dict[str, Any]) -> str | None:
+    """Why ``metadata`` can't be serialized as JSON, or None (an iterative walk: no recursion)."""
+    stack: list[tuple[str, object, int]] = [("metadata", metadata, 1)]
+    while stack:
+        path, value, depth = stack.pop()
+        if isinstance(value, dict | list) and depth > _MAX_RETURNED_DEPTH:
+            return f"{path}: nested more than {_MAX_RETURNED_DEPTH} levels"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str) or unicode_problem(key) is not None:
+                    return f"{path}: a key is not valid Unicode text"
+                stack.append((f"{path}.{key}", item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item, depth + 1) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            if unicode_problem(value) is not None:
+                return f"{path}: not valid Unicode"
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                return f"{path}: {value} is not a JSON number"
+        elif value is not None and not isinstance(value, int):
+            return f"{path}: {type(value).__name__} is not a JSON value"
+    return None
+
+
+def subject_out(subject: Subject) -> SubjectOut:
+    return SubjectOut(
+        id=subject.id,
+        name=readable_name(subject.name),
+        metadata=readable_metadata(subject.metadata),
+        face_count=subject.face_count,
+        created_at=subject.created_at,
+        updated_at=subject.updated_at,
+    )
+
+
+def face_out(record: FaceRecord) -> FaceOut:
+    return FaceOut(
+        id=record.id,
+        subject_id=record.subject_id,
+        pack_id=record.pack_id,
+        det_score=record.det_score,
+        quality=_stored_quality(record.quality),
+        created_at=record.created_at,
+    )
+
+
+def _stored_quality(quality: object) -> Quality | None:
+    """The stored quality measures, or None when a row holds none (or none that still validates)."""
+    if not quality:
+        return None
+    try:
+        return Quality.model_validate(quality)
+    except ValidationError:
+        return None

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.config import JsonDict
 
+from service.api.input_limits import (
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    MAX_METADATA_KEYS,
+    MAX_NAME_CHARS,
+    check_metadata,
+    check_name,
+)
 from service.auth.keys import Scope
 
 _EXAMPLE_BOX: JsonDict = {"x1": 31.2, "y1": 28.9, "x2": 118.4, "y2": 131.0}
@@ -27,6 +35,31 @@ _EXAMPLE_QUALITY: JsonDict = {
 }
 _EXAMPLE_SUBJECT_ID = "4f6c2d1e-3b5a-4c1e-9a7b-2d8e6f0a1b2c"
 _EXAMPLE_FACE_ID = "a81b7c52-6d0e-4f3a-b1c9-5e2d4f6a7b8c"
+
+# Stored text and JSON: checked before anything is written (service.api.input_limits says why).
+_NAME_RULES = "no control characters (NUL, CR/LF, ESC, ...), line separators or bidi controls"
+SubjectName = Annotated[
+    str,
+    Field(
+        min_length=1, max_length=MAX_NAME_CHARS, description=f"1-{MAX_NAME_CHARS} characters; {_NAME_RULES}"
+    ),
+    AfterValidator(check_name),
+]
+KeyName = Annotated[
+    str,
+    Field(max_length=MAX_NAME_CHARS, description=f"0-{MAX_NAME_CHARS} characters; {_NAME_RULES}"),
+    AfterValidator(check_name),
+]
+Metadata = Annotated[
+    dict[str, Any],
+    Field(
+        description=f"a JSON object of at most {MAX_METADATA_BYTES} bytes (compact UTF-8), "
+        f"{MAX_METADATA_DEPTH} levels and {MAX_METADATA_KEYS} keys; finite numbers, 64-bit integers, "
+        "valid Unicode"
+    ),
+    AfterValidator(check_metadata),
+]
+Similarity = Annotated[float, Field(ge=-1.0, le=1.0, description="cosine similarity, in [-1, 1]")]
 
 
 class _Out(BaseModel):
@@ -162,7 +195,7 @@ class VerifyResponse(_Out):
         }
     )
     mode: Literal["pair", "subject"]
-    similarity: float = Field(description="cosine similarity of the compared embeddings")
+    similarity: Similarity
     threshold: ThresholdOut
     match: bool = Field(description="similarity >= threshold")
     face_a: ComparedFace = Field(description="the face of image_a (or of image in subject mode)")
@@ -173,7 +206,7 @@ class VerifyResponse(_Out):
 class CandidateOut(_Out):
     subject_id: str
     name: str
-    similarity: float
+    similarity: Similarity
     face_id: str = Field(description="the subject's enrolled face that matched best")
 
 
@@ -223,8 +256,8 @@ class SubjectCreate(_In):
         extra="forbid",
         json_schema_extra={"examples": [{"name": "John Simm", "metadata": {"employee_id": "E-1042"}}]},
     )
-    name: str = Field(min_length=1, max_length=256)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    name: SubjectName
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class SubjectUpdate(_In):
@@ -233,8 +266,8 @@ class SubjectUpdate(_In):
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"name": "John Simm", "metadata": {"team": "B"}}]}
     )
-    name: str | None = Field(None, min_length=1, max_length=256)
-    metadata: dict[str, Any] | None = None
+    name: SubjectName | None = None
+    metadata: Metadata | None = None
 
     @model_validator(mode="after")
     def _something_to_change(self) -> SubjectUpdate:
@@ -338,7 +371,7 @@ class KeyCreate(_In):
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"name": "kiosk-3", "scopes": ["read"]}]}
     )
-    name: str = Field("", max_length=256)
+    name: KeyName = ""
     scopes: list[Scope] = Field(min_length=1)
 
 

@@ -13,10 +13,12 @@ from service.api.metrics import ApiMetrics
 from service.api.state import AppServices
 from service.api.thresholds import ThresholdError, ThresholdPolicy
 from service.auth.authenticator import bootstrap_authenticator
+from service.auth.keys import KeyStoreCorruptError
 from service.gallery.gallery import Gallery
-from service.gallery.store import GalleryError
-from service.packs.loader import PackError, load_pack, resolve_pack_dir
+from service.gallery.store import GalleryError, PackMismatchError
+from service.packs.loader import PackError, load_pack, pack_mismatch_advice, resolve_pack_dir
 from service.pipeline.face_pipeline import FacePipeline
+from service.pipeline.pixel_budget import PixelBudget
 from service.pipeline.quality import QualityBars
 from service.pipeline.runtime import RuntimeUnavailableError
 from service.settings import Settings
@@ -29,6 +31,7 @@ STARTUP_ERRORS: tuple[type[Exception], ...] = (
     ThresholdError,
     RuntimeUnavailableError,
     GalleryError,
+    KeyStoreCorruptError,
 )
 
 
@@ -37,7 +40,17 @@ def build_services(settings: Settings, metrics: ApiMetrics) -> AppServices:
     pack = load_pack(resolve_pack_dir(settings.models_dir, settings.pack))
     thresholds = ThresholdPolicy(pack.manifest.calibration, settings.threshold)
     pipeline = FacePipeline.from_pack(pack, settings, on_batch=metrics.observe_batch)
-    gallery = Gallery.open(settings.data_dir, pipeline.pack_id, pipeline.embedding_size, settings)
+    try:
+        gallery = Gallery.open(settings.data_dir, pipeline.pack_id, pipeline.embedding_size, settings)
+    except PackMismatchError as mismatch:  # the advice names folders, as FACE_PACK and --pack take them
+        raise mismatch.with_advice(
+            pack_mismatch_advice(
+                data_dir=settings.data_dir,
+                models_dir=settings.models_dir,
+                running_pack=settings.pack,
+                gallery_pack_id=mismatch.gallery_pack,
+            )
+        ) from None
     try:
         authenticator = bootstrap_authenticator(settings)
     except BaseException:
@@ -52,4 +65,5 @@ def build_services(settings: Settings, metrics: ApiMetrics) -> AppServices:
         metrics=metrics,
         thresholds=thresholds,
         quality_bars=QualityBars.from_settings(settings),
+        pixel_budget=PixelBudget(settings.decode_pixel_budget, settings.decode_budget_wait_s),
     )

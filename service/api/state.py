@@ -10,6 +10,7 @@ from service.auth.authenticator import Authenticator
 from service.gallery.gallery import Gallery
 from service.packs.loader import LoadedPack
 from service.pipeline.face_pipeline import FacePipeline
+from service.pipeline.pixel_budget import PixelBudget
 from service.pipeline.quality import QualityBars
 from service.settings import Settings
 
@@ -24,3 +25,4 @@ class AppServices:
     metrics: ApiMetrics
     thresholds: ThresholdPolicy
     quality_bars: QualityBars
+    pixel_budget: PixelBudget  # decoded pixels in flight across requests (service.api.images)

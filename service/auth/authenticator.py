@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-from service.auth.keys import ApiKey, KeyStore, Scope, hash_key, key_matches
+from service.auth.keys import ApiKey, KeyStore, KeyStoreCorruptError, Scope, hash_key, key_matches
+from service.command_hints import command_hint
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -41,29 +43,43 @@ class Authenticator:
         record: ApiKey | None = self.store.authenticate(presented)
         return None if record is None else Principal(record.id, record.scopes)
 
+    def store_ready(self) -> bool:
+        """Readiness: the key store reads cleanly (trivially true with auth off)."""
+        return not self.enabled or self.store.readable()
+
 
 def bootstrap_authenticator(settings: Settings, *, out: TextIO | None = None) -> Authenticator:
     """Build the authenticator at start-up.
 
     ``FACE_API_KEY`` is an explicit admin key. Without it, and with no key stored yet, the first start
     creates an admin key, keeps its hash and prints the key once to ``out`` (stdout): the operator's only
-    chance to copy it. ``FACE_AUTH_ENABLED=false`` turns auth off, with a warning.
+    chance to copy it. ``FACE_AUTH_ENABLED=false`` turns auth off, with a warning. A key store that
+    cannot be read raises KeyStoreCorruptError (a start-up error).
     """
     store = KeyStore.in_data_dir(settings.data_dir)
     if not settings.auth_enabled:
         logger.warning("authentication is DISABLED (FACE_AUTH_ENABLED=false): every request is admin")
         return Authenticator(store, explicit_key_sha256=None, enabled=False)
+    try:
+        store.ensure_schema()
+    except sqlite3.Error as error:  # not a database, or a directory in its place
+        raise KeyStoreCorruptError(store.path, str(error)) from None
+    store.check()  # a corrupt or tampered store stops the start with one clear line
     explicit = settings.api_key.get_secret_value() if settings.api_key is not None else ""
     if explicit:
         return Authenticator(store, explicit_key_sha256=hash_key(explicit), enabled=True)
     if store.count() == 0:
         created = store.create(frozenset({Scope.ADMIN}), name="bootstrap admin")
         stream = out if out is not None else sys.stdout
+        # Pasteable as printed: the venv's path when it is not on PATH, and this start's data dir.
+        more_keys = command_hint(
+            "face-service", "keys", "create", "--scopes", "read", data_dir=settings.data_dir
+        )
         print(
             "No API key configured: created an admin key (shown once; store it now).\n"
             f"  key id: {created.record.id}\n"
             f"  key:    {created.key}\n"
-            "Create more with `face-service keys create --scopes read`.",
+            f"Create more with `{more_keys}`.",
             file=stream,
             flush=True,
         )

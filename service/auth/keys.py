@@ -4,12 +4,19 @@ A key looks like ``fsk_<key id>_<secret>``. The key id (public) finds the record
 bytes, so a plain SHA-256 of the whole key is a safe verifier (no password stretching needed for a
 high-entropy secret). Keys live in SQLite (``api_keys.sqlite3`` in the data dir) so the CLI can create or
 revoke keys while the server runs and the server sees the change on the next request.
+
+Authentication only reads: a read-only connection, no schema statements, and a rollback journal
+(not WAL, whose readers need a -shm file), so that stored keys keep working on a full disk. Any
+row or file that cannot be read is "no such key" (401) for the request and a failed check for start
+and readiness, never a 500.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import re
 import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -18,6 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+
+from service.private_files import ensure_private_dir, ensure_private_file
+
+logger = logging.getLogger(__name__)
 
 KEYS_DB_FILE = "api_keys.sqlite3"
 KEY_PREFIX = "fsk"
@@ -34,6 +45,9 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at TEXT
 )
 """
+_COLUMNS = ("id", "name", "scopes", "key_sha256", "created_at", "revoked_at")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_KEY_ID_HEX = re.compile(rf"[0-9a-f]{{{2 * _KEY_ID_BYTES}}}")
 
 
 class Scope(StrEnum):
@@ -44,6 +58,20 @@ class Scope(StrEnum):
 
 class KeyStoreError(ValueError):
     """A key operation that cannot be done (unknown key, bad scopes)."""
+
+
+class KeyStoreCorruptError(KeyStoreError):
+    """The key store file cannot be read, or holds rows this service did not write."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        from service.command_hints import command_hint
+
+        create = command_hint("face-service", "keys", "create", "--scopes", "admin", data_dir=path.parent)
+        super().__init__(
+            f"the API key store {path} is unreadable or tampered with ({why}): stop the service, move "
+            f"the file aside and create keys again with `{create}` "
+            "(it holds only key hashes; the gallery is not affected)"
+        )
 
 
 def parse_scopes(values: Iterable[str]) -> frozenset[Scope]:
@@ -116,6 +144,16 @@ def _scopes_text(scopes: frozenset[Scope]) -> str:
 
 
 def _row_to_key(row: sqlite3.Row) -> ApiKey:
+    """The record of a stored row; raises KeyStoreError for a row this service would not write."""
+    if not isinstance(row["id"], str) or not _KEY_ID_HEX.fullmatch(row["id"]):
+        raise KeyStoreError(f"a key row has a malformed id {str(row['id'])[:40]!r}")
+    if not isinstance(row["key_sha256"], str) or not _SHA256_HEX.fullmatch(row["key_sha256"]):
+        raise KeyStoreError(f"key {row['id']} has a malformed hash")
+    for column in ("name", "scopes", "created_at"):
+        if not isinstance(row[column], str):
+            raise KeyStoreError(f"key {row['id']} has a non-text {column}")
+    if row["revoked_at"] is not None and not isinstance(row["revoked_at"], str):
+        raise KeyStoreError(f"key {row['id']} has a non-text revoked_at")
     return ApiKey(
         id=row["id"],
         name=row["name"],
@@ -135,19 +173,67 @@ class KeyStore:
     def in_data_dir(cls, data_dir: Path) -> KeyStore:
         return cls(data_dir / KEYS_DB_FILE)
 
+    def ensure_schema(self) -> None:
+        """Create the file (0600) and its table if missing; the one place schema statements run."""
+        with self._connect():
+            pass  # opening a writable connection creates both
+
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """A writable connection (CLI and start-up): creates the file and table when missing."""
+        ensure_private_dir(self.path.parent)
+        ensure_private_file(self.path)
         conn = sqlite3.connect(self.path, timeout=10.0)
         try:
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
+            # A rollback journal: read-only readers then need no -shm file (see the module doc).
+            conn.execute("PRAGMA journal_mode=DELETE")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(_SCHEMA)
             with conn:  # one transaction, committed on success
                 yield conn
         finally:
             conn.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection: writes nothing, so it works on a full disk."""
+        conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+        try:
+            conn.row_factory = sqlite3.Row
+            yield conn
+        finally:
+            conn.close()
+
+    def check(self) -> None:
+        """Raise KeyStoreCorruptError unless the file reads cleanly and every row is well formed."""
+        if not self.path.is_file():
+            raise KeyStoreCorruptError(self.path, "missing, or not a regular file")
+        try:
+            with self._read() as conn:
+                verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+                if verdict != "ok":
+                    raise KeyStoreCorruptError(self.path, f"integrity check: {verdict}")
+                columns = tuple(row["name"] for row in conn.execute("PRAGMA table_info(api_keys)"))
+                if columns != _COLUMNS:
+                    raise KeyStoreCorruptError(self.path, f"table api_keys has columns {columns or 'none'}")
+                for row in conn.execute("SELECT * FROM api_keys"):
+                    _row_to_key(row)
+        except sqlite3.Error as error:
+            raise KeyStoreCorruptError(self.path, str(error)) from None
+        except KeyStoreCorruptError:
+            raise
+        except KeyStoreError as error:
+            raise KeyStoreCorruptError(self.path, str(error)) from None
+
+    def readable(self) -> bool:
+        """Whether ``check`` passes (for readiness)."""
+        try:
+            self.check()
+        except KeyStoreCorruptError as error:
+            logger.warning("%s", error)
+            return False
+        return True
 
     def create(self, scopes: frozenset[Scope], name: str = "") -> CreatedKey:
         if not scopes:
@@ -162,13 +248,17 @@ class KeyStore:
         return CreatedKey(record=record, key=key)
 
     def list(self, *, include_revoked: bool = True) -> list[ApiKey]:
-        with self._connect() as conn:
+        if not self.path.exists():
+            return []
+        with self._read() as conn:
             rows = conn.execute("SELECT * FROM api_keys ORDER BY created_at, id").fetchall()
         keys = [_row_to_key(row) for row in rows]
         return keys if include_revoked else [key for key in keys if key.active]
 
     def get(self, key_id: str) -> ApiKey | None:
-        with self._connect() as conn:
+        if not self.path.exists():
+            return None
+        with self._read() as conn:
             row = conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
         return None if row is None else _row_to_key(row)
 
@@ -183,16 +273,23 @@ class KeyStore:
         return _row_to_key(row)
 
     def count(self) -> int:
-        with self._connect() as conn:
+        if not self.path.exists():
+            return 0
+        with self._read() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0])
 
     def authenticate(self, presented: str) -> ApiKey | None:
-        """The active key record matching ``presented``, or None."""
+        """The active key record matching ``presented``, or None (also when the store is unreadable)."""
         key_id = key_id_of(presented)
         if key_id is None:
             return None
-        with self._connect() as conn:
-            row = conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-        if row is None or row["revoked_at"] is not None:
+        try:
+            with self._read() as conn:
+                row = conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            if row is None or row["revoked_at"] is not None:
+                return None
+            record = _row_to_key(row)  # a malformed row is refused, not served
+        except (sqlite3.Error, KeyStoreError) as error:
+            logger.warning("key %s refused: the key store %s could not be read: %s", key_id, self.path, error)
             return None
-        return _row_to_key(row) if key_matches(presented, row["key_sha256"]) else None
+        return record if key_matches(presented, row["key_sha256"]) else None

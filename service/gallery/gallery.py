@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,16 +26,20 @@ from service.gallery.store import (
     EmbeddingSizeError,
     FaceRecord,
     FaceRef,
+    GalleryCorruptError,
     GalleryCounts,
     GalleryError,
     GalleryStore,
+    IntArray,
     NewFace,
     StoredCrop,
     Subject,
     SubjectPage,
+    is_storage_full,
 )
 from service.pipeline.embed import l2_normalize
 from service.pipeline.types import FloatArray
+from service.private_files import ensure_private_dir
 from service.settings import SubjectScore
 
 if TYPE_CHECKING:
@@ -73,6 +78,23 @@ class GallerySizes:
     subjects: int
     faces: int
     indexed_faces: int
+
+
+def verify_store(store: GalleryStore) -> None:
+    """Raise GalleryCorruptError when SQLite finds the file damaged (before anything reads it)."""
+    problem = store.quick_check()
+    if problem is not None:
+        raise GalleryCorruptError(store.path, f"integrity check: {problem}")
+
+
+def _searchable_embeddings(store: GalleryStore) -> tuple[IntArray, FloatArray]:
+    """All (ids, embeddings), refusing rows that would poison the index (wrong length, NaN)."""
+    bad = store.bad_rows()
+    if bad:
+        shown = "; ".join(f"face #{row.index_id}: {row.reason}" for row in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise GalleryCorruptError(store.path, f"{len(bad)} unusable face rows ({shown}{more})")
+    return store.all_embeddings()
 
 
 class DataDirLock:
@@ -128,14 +150,19 @@ class Gallery:
     @classmethod
     def open(cls, data_dir: Path, pack_id: str, embedding_size: int, settings: Settings) -> Gallery:
         """Open (or create) the gallery in ``data_dir``, pinned to ``pack_id``; rebuilds the index."""
-        data_dir = Path(data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir = ensure_private_dir(Path(data_dir))
         dir_lock = DataDirLock(data_dir)
         store: GalleryStore | None = None
         try:
             store = GalleryStore(data_dir / GALLERY_FILE)
-            store.pin(pack_id, embedding_size)
-            ids, vectors = store.all_embeddings()
+            try:
+                verify_store(store)
+                store.pin(pack_id, embedding_size)
+                ids, vectors = _searchable_embeddings(store)
+            except sqlite3.DatabaseError as error:  # pages that cannot be read (a truncated file)
+                if is_storage_full(error):
+                    raise
+                raise GalleryCorruptError(store.path, str(error)) from None
             index = FaceIndex.build(embedding_size, ids, vectors, IndexOptions.from_settings(settings))
         except BaseException:
             if store is not None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import errno
 import json
+import re
 import sqlite3
 import threading
 import uuid
@@ -31,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.pipeline.types import EmbeddedFace, FloatArray, ImageArray
+from service.private_files import ensure_private_file
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
@@ -70,6 +73,17 @@ CREATE TABLE IF NOT EXISTS face_crops (
 );
 """
 
+# Created only by a repair (`face-service check --repair`): faces moved out of the service's way.
+_QUARANTINE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS quarantined_faces (
+    qid INTEGER PRIMARY KEY AUTOINCREMENT,
+    reason TEXT NOT NULL,
+    quarantined_at TEXT NOT NULL,
+    index_id INTEGER, id TEXT, subject_id TEXT, embedding BLOB, pack_id TEXT, det_score REAL,
+    quality TEXT, created_at TEXT, png BLOB, landmarks TEXT
+)
+"""
+
 IntArray = npt.NDArray[np.int64]
 
 
@@ -89,6 +103,10 @@ class FaceNotFoundError(GalleryError, LookupError):
         self.face_id = face_id
 
 
+# The one key of the object shown in place of stored metadata that can't be read back.
+UNREADABLE_METADATA_KEY = "_unreadable"
+
+
 class InvalidCursorError(GalleryError, ValueError):
     pass
 
@@ -101,6 +119,45 @@ class SchemaVersionError(GalleryError):
     pass
 
 
+def repair_hint(data_dir: Path) -> str:
+    """What to do about a damaged gallery file in ``data_dir``: a command that works when pasted."""
+    from service.command_hints import command_hint
+
+    command = command_hint("face-service", "check", "--repair", data_dir=data_dir)
+    return (
+        f"stop the service and run `{command}` (it moves bad rows, or an unreadable file, aside and "
+        "deletes nothing), or restore the file from a backup"
+    )
+
+
+class GalleryCorruptError(GalleryError):
+    """The gallery file cannot be read, or holds rows that cannot be searched."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(f"the gallery file {path} is damaged ({why}): {repair_hint(path.parent)}")
+        self.path = path
+        self.why = why
+
+
+class PackPinMissingError(GalleryError):
+    """Faces are stored but the row saying which pack made them is gone: they cannot be re-pinned."""
+
+    def __init__(self, path: Path, faces: int) -> None:
+        super().__init__(
+            f"the gallery at {path} holds {faces} faces but its pack pin (the meta row) is missing, so "
+            "the pack that made their embeddings is unknown and the service will not guess: restore "
+            "the gallery from a backup"
+        )
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A stored face that cannot be searched, and why."""
+
+    index_id: int
+    reason: str
+
+
 # Galleries made before SFace became the default are pinned to ids with this prefix.
 _FORMER_DEFAULT_PACK_PREFIX = "default-dlib-r34-"
 
@@ -108,22 +165,32 @@ _FORMER_DEFAULT_PACK_PREFIX = "default-dlib-r34-"
 class PackMismatchError(GalleryError):
     """The gallery's embeddings come from another pack: they are not comparable with this one's."""
 
-    def __init__(self, path: Path, gallery_pack: str, service_pack: str, detail: str = "") -> None:
+    def __init__(
+        self, path: Path, gallery_pack: str, service_pack: str, detail: str = "", advice: str = ""
+    ) -> None:
         former_default = (
             " (the former default dlib pack: `face-export dlib-pack`, then FACE_PACK=dlib)"
             if gallery_pack.startswith(_FORMER_DEFAULT_PACK_PREFIX)
             else ""
         )
+        # ``advice``: pasteable commands from a caller that knows the pack folders (start-up does).
+        advice = advice or (
+            "stop the service and run `face-service reembed` to re-embed the gallery's stored crops with "
+            "the pack FACE_PACK names, or set FACE_PACK to the folder holding the pack "
+            f"{gallery_pack!r} to keep using it{former_default}"
+        )
         message = (
             f"the gallery at {path} holds embeddings from pack {gallery_pack!r}, but the service runs "
-            f"pack {service_pack!r}{detail}. Embeddings of different packs cannot be compared: stop the "
-            "service and run `face-service reembed` to re-embed the gallery's stored crops with the pack "
-            "FACE_PACK names, or set FACE_PACK to the folder holding the pack "
-            f"{gallery_pack!r} to keep using it{former_default}."
+            f"pack {service_pack!r}{detail}. Embeddings of different packs cannot be compared: {advice}."
         )
         super().__init__(message)
+        self.path = path
         self.gallery_pack = gallery_pack
         self.service_pack = service_pack
+        self.detail = detail
+
+    def with_advice(self, advice: str) -> PackMismatchError:
+        return PackMismatchError(self.path, self.gallery_pack, self.service_pack, self.detail, advice)
 
 
 @dataclass(frozen=True)
@@ -221,18 +288,27 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+def _decode_text(data: bytes) -> str:
+    return data.decode("utf-8", "backslashreplace")
+
+
 def _encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
+
+
+_CURSOR_TEXT = re.compile(r"s(0|[1-9][0-9]{0,18})")  # what _encode_cursor writes: "s" + a seq
+_MAX_SEQ = 2**63 - 1  # SQLite's INTEGER range: a larger bound overflows the query parameter
 
 
 def _decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("s"):
-            raise ValueError(text)
-        return int(text[1:])
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidCursorError(f"invalid pagination cursor {cursor!r}") from None
+        text = ""
+    match = _CURSOR_TEXT.fullmatch(text)
+    if match is None or int(match.group(1)) > _MAX_SEQ:
+        raise InvalidCursorError(f"invalid pagination cursor {cursor!r}")
+    return int(match.group(1))
 
 
 class GalleryStore:
@@ -241,13 +317,30 @@ class GalleryStore:
     def __init__(self, path: Path) -> None:
         self._path = Path(path)
         self._lock = threading.RLock()
-        # isolation_level=None: no implicit transactions; every write is an explicit BEGIN…COMMIT.
-        self._conn = sqlite3.connect(
-            self._path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
-        )
+        if self._path.parent.is_dir():
+            ensure_private_file(self._path)  # 0600 before SQLite creates it (and its -wal, -shm)
+        try:
+            # isolation_level=None: no implicit transactions; every write is an explicit BEGIN…COMMIT.
+            self._conn = sqlite3.connect(
+                self._path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+        except sqlite3.Error as error:  # e.g. a directory in the file's place
+            raise GalleryCorruptError(self._path, str(error)) from None
         self._conn.row_factory = sqlite3.Row
-        self._configure()
-        self._create_schema()
+        # A TEXT value that isn't UTF-8 (a hand edit, another tool) is read with its bad bytes
+        # escaped instead of failing every read of that row; valid UTF-8 reads unchanged.
+        self._conn.text_factory = _decode_text
+        try:
+            self._configure()
+            self._create_schema()
+        except sqlite3.DatabaseError as error:  # not a database (garbage, a zeroed header)
+            self._conn.close()
+            if is_storage_full(error):
+                raise
+            raise GalleryCorruptError(self._path, str(error)) from None
+        except BaseException:
+            self._conn.close()
+            raise
 
     # ------------------------------------------------------------------ setup
 
@@ -280,15 +373,81 @@ class GalleryStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE … COMMIT, rolled back on any exception: all or nothing."""
+        """BEGIN IMMEDIATE … COMMIT, rolled back on any exception (a failed COMMIT too): all or nothing."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                # SQLite may already have rolled back (a full disk does): a second ROLLBACK would
+                # raise and hide the real error, and an open one would block every later write.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ integrity
+
+    def quick_check(self) -> str | None:
+        """None when SQLite's quick_check passes, else its first complaint."""
+        with self._lock:
+            try:
+                verdict = str(self._conn.execute("PRAGMA quick_check").fetchone()[0])
+            except sqlite3.DatabaseError as error:
+                return str(error)
+        return None if verdict == "ok" else verdict
+
+    def bad_rows(self) -> list[BadRow]:
+        """Faces that cannot be searched: wrong-length or non-finite embeddings, or no subject."""
+        pin = self._require_pin()
+        size = 4 * pin.embedding_size
+        bad: list[BadRow] = []
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT f.index_id, f.embedding, s.id IS NULL AS orphan FROM faces f "
+                "LEFT JOIN subjects s ON s.id = f.subject_id ORDER BY f.index_id"
+            )
+            for index_id, blob, orphan in rows:
+                if not isinstance(blob, bytes) or len(blob) != size:
+                    length = len(blob) if isinstance(blob, bytes | str) else type(blob).__name__
+                    bad.append(BadRow(index_id, f"embedding of {length} bytes, need {size}"))
+                elif not np.all(np.isfinite(np.frombuffer(blob, dtype="<f4"))):
+                    bad.append(BadRow(index_id, "embedding has NaN or infinite values"))
+                elif orphan:
+                    bad.append(BadRow(index_id, "its subject does not exist"))
+        return bad
+
+    def quarantine(self, bad: Sequence[BadRow]) -> int:
+        """Move ``bad`` faces (with their crops) into ``quarantined_faces``, in one transaction.
+
+        Nothing is deleted: the rows stay in the file, out of the service's way, for an operator.
+        """
+        if not bad:
+            return 0
+        now = _now()
+        with self._transaction() as conn:
+            conn.execute(_QUARANTINE_SCHEMA)
+            for row in bad:
+                conn.execute(
+                    "INSERT INTO quarantined_faces (reason, quarantined_at, index_id, id, subject_id, "
+                    "embedding, pack_id, det_score, quality, created_at, png, landmarks) "
+                    "SELECT ?, ?, f.index_id, f.id, f.subject_id, f.embedding, f.pack_id, f.det_score, "
+                    "f.quality, f.created_at, c.png, c.landmarks FROM faces f "
+                    "LEFT JOIN face_crops c ON c.index_id = f.index_id WHERE f.index_id = ?",
+                    (row.reason, now, row.index_id),
+                )
+                conn.execute("DELETE FROM face_crops WHERE index_id = ?", (row.index_id,))
+                conn.execute("DELETE FROM faces WHERE index_id = ?", (row.index_id,))
+        return len(bad)
+
+    def quarantined_count(self) -> int:
+        with self._lock:
+            exists = self._conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'quarantined_faces'"
+            ).fetchone()
+            if exists is None:
+                return 0
+            return int(self._conn.execute("SELECT COUNT(*) FROM quarantined_faces").fetchone()[0])
 
     # ------------------------------------------------------------------ pack pin
 
@@ -300,10 +459,16 @@ class GalleryStore:
         return PackPin(pack_id=row["pack_id"], embedding_size=row["embedding_size"], schema_version=row[0])
 
     def pin(self, pack_id: str, embedding_size: int) -> PackPin:
-        """Pin a new gallery to ``pack_id``, or check that an existing one already is."""
+        """Pin a new gallery to ``pack_id``, or check that an existing one already is.
+
+        Only an empty gallery is pinned: faces without a pin come from an unknown pack.
+        """
         with self._transaction() as conn:
             row = conn.execute("SELECT pack_id, embedding_size FROM meta").fetchone()
             if row is None:
+                faces = int(conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0])
+                if faces:
+                    raise PackPinMissingError(self._path, faces)
                 conn.execute(
                     "INSERT INTO meta (singleton, schema_version, pack_id, embedding_size) "
                     "VALUES (1, ?, ?, ?)",
@@ -623,11 +788,20 @@ def _subject(row: sqlite3.Row) -> Subject:
     return Subject(
         id=row["id"],
         name=row["name"],
-        metadata=json.loads(row["metadata"]),
+        metadata=_stored_metadata(row["metadata"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         face_count=int(row["face_count"]),
     )
+
+
+def _stored_metadata(text: object) -> dict[str, Any]:
+    """The stored metadata object; a row that isn't JSON (hand-edited, older version) must not break reads."""
+    try:
+        value = json.loads(text) if isinstance(text, str | bytes) else text
+    except (ValueError, RecursionError):
+        return {UNREADABLE_METADATA_KEY: "stored metadata is not valid JSON"}
+    return value if isinstance(value, dict) else {UNREADABLE_METADATA_KEY: "stored metadata is not an object"}
 
 
 def _face_record(row: sqlite3.Row) -> FaceRecord:
@@ -650,5 +824,22 @@ def _crop(png: bytes, landmarks_json: str) -> StoredCrop:
 def _matrix(blobs: Sequence[bytes], embedding_size: int) -> FloatArray:
     matrix = np.empty((len(blobs), embedding_size), dtype=np.float32)
     for row, blob in enumerate(blobs):
+        if not isinstance(blob, bytes) or len(blob) != 4 * embedding_size:
+            raise GalleryError(
+                f"a stored embedding is not {embedding_size} float32 values: run `face-service check`"
+            )
         matrix[row] = np.frombuffer(blob, dtype="<f4")
     return matrix
+
+
+# SQLite's primary result code for "the disk (or the file-size limit) is full".
+_SQLITE_FULL = 13
+_STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+def is_storage_full(error: BaseException) -> bool:
+    """Whether ``error`` means the data dir's disk, quota or file-size limit is exhausted."""
+    if isinstance(error, sqlite3.Error):
+        code = getattr(error, "sqlite_errorcode", None)
+        return (code is not None and code & 0xFF == _SQLITE_FULL) or "database or disk is full" in str(error)
+    return isinstance(error, OSError) and error.errno in _STORAGE_FULL_ERRNOS

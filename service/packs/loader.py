@@ -13,8 +13,10 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from types import MappingProxyType
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -41,7 +43,6 @@ class LoadedPack:
     manifest: PackManifest
     detector_path: Path
     embedder_path: Path
-    embedder_fp16_path: Path | None = None
     # Every embedder's file in manifest.embedders order (an ensemble has several); () = (embedder_path,)
     member_paths: tuple[Path, ...] = ()
     calibration_path: Path | None = None  # the calibration.json merged into manifest.calibration
@@ -80,6 +81,75 @@ def resolve_pack_dir(models_dir: Path, name: str) -> Path:
             "starting with a letter or digit"
         )
     return models_dir / name
+
+
+# FACE_PACK names of the packs `face-export` builds, and the subcommand that builds each.
+BUILT_IN_PACKS: Mapping[str, str] = MappingProxyType(
+    {"default": "default-pack", "dlib": "dlib-pack", "fast": "fast-pack", "ensemble": "ensemble-pack"}
+)
+
+
+def how_to_provide_pack(pack_dir: Path) -> str:
+    """What to run, or what to place where, so that ``pack_dir`` holds the pack its name stands for."""
+    from service.command_hints import command_hint
+    from service.packs.insightface import INSIGHTFACE_PACKS
+
+    name = pack_dir.name
+    if name in BUILT_IN_PACKS:
+        command = command_hint("face-export", BUILT_IN_PACKS[name], "--out", str(pack_dir))
+        return f"build the {name} pack with `{command}`"
+    if name in INSIGHTFACE_PACKS:
+        layout = INSIGHTFACE_PACKS[name]
+        command = command_hint("face-export", "insightface-pack", str(pack_dir))
+        return (
+            f"{name} is an insightface pack, never built here (non-commercial weights): unzip "
+            f"insightface's {name}.zip so that {pack_dir / layout.detector_file} and "
+            f"{pack_dir / layout.embedder_file} exist (its other files are ignored); the manifest is "
+            f"written at the next start, or now by `{command}`"
+        )
+    models_dir = pack_dir.parent
+    present = (
+        sorted(p.name for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if models_dir.is_dir()
+        else []
+    )
+    default = command_hint("face-export", "default-pack", "--out", str(models_dir / "default"))
+    return (
+        f"FACE_PACK names a folder under FACE_MODELS_DIR ({models_dir}), which holds "
+        f"{', '.join(present) if present else 'no pack folders'}; build the default pack with `{default}`, "
+        f"or one of {', '.join(sorted(BUILT_IN_PACKS))} with its face-export subcommand (docs/export.md)"
+    )
+
+
+def folders_holding_pack(models_dir: Path, pack_id: str) -> list[str]:
+    """Names of the folders under ``models_dir`` whose manifest has id ``pack_id`` (FACE_PACK values)."""
+    found = []
+    for folder in sorted(models_dir.iterdir()) if models_dir.is_dir() else []:
+        try:
+            if PACK_NAME_PATTERN.fullmatch(folder.name) and read_manifest(folder).id == pack_id:
+                found.append(folder.name)
+        except (PackError, OSError):  # not a pack, or unreadable: it cannot be the one asked for
+            continue
+    return found
+
+
+def pack_mismatch_advice(*, data_dir: Path, models_dir: Path, running_pack: str, gallery_pack_id: str) -> str:
+    """Pasteable ways out of a gallery pinned to another pack: re-embed with this one, or serve that one."""
+    from service.command_hints import command_hint
+
+    reembed = command_hint(
+        "face-service", "reembed", "--pack", running_pack, data_dir=data_dir, models_dir=models_dir
+    )
+    advice = f"stop the service and re-embed the gallery's stored crops with this pack: `{reembed}`"
+    holders = folders_holding_pack(models_dir, gallery_pack_id)
+    if holders:
+        serve = command_hint("face-service", "serve", data_dir=data_dir, models_dir=models_dir)
+        keep = f"FACE_PACK={holders[0]} {serve}"
+        return f"{advice}; or keep using the gallery's pack (folder {holders[0]}): `{keep}`"
+    return (
+        f"{advice}; or keep using the gallery's pack: no folder under {models_dir} holds "
+        f"{gallery_pack_id!r} now (restore it there, then set FACE_PACK to that folder's name)"
+    )
 
 
 def pack_file_path(pack_dir: Path, name: str) -> Path:
@@ -156,9 +226,7 @@ def load_pack(pack_dir: Path, *, verify: bool = True) -> LoadedPack:
     JSON, schema errors with field paths, a sha256 mismatch naming the file, names escaping the pack).
     """
     if not pack_dir.is_dir():
-        raise PackError(
-            f"pack folder {pack_dir} does not exist; build the default pack with `face-export default-pack`"
-        )
+        raise PackError(f"pack folder {pack_dir} does not exist; {how_to_provide_pack(pack_dir)}")
     if not (pack_dir / MANIFEST_FILE).exists():
         manifest = _manifest_for_unlabelled_pack(pack_dir)
     else:
@@ -191,7 +259,6 @@ def load_pack(pack_dir: Path, *, verify: bool = True) -> LoadedPack:
         manifest=manifest,
         detector_path=pack_file_path(pack_dir, manifest.detector.file),
         embedder_path=pack_file_path(pack_dir, embedder.file),
-        embedder_fp16_path=pack_file_path(pack_dir, embedder.fp16_file) if embedder.fp16_file else None,
         member_paths=tuple(pack_file_path(pack_dir, member.file) for member in manifest.embedders),
         calibration_path=calibration_path,
     )
@@ -238,7 +305,7 @@ def _manifest_for_unlabelled_pack(pack_dir: Path) -> PackManifest:
     if layout is None:
         raise PackError(
             f"no {MANIFEST_FILE} in {pack_dir} and its files match no known insightface pack; "
-            "build packs with `face-export` (see docs/export.md)"
+            + how_to_provide_pack(pack_dir)
         )
     manifest = insightface_manifest(pack_dir, layout)
     try:

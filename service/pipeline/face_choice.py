@@ -80,3 +80,19 @@ def choose_face(faces: Sequence[DetectedFace], image_size: tuple[int, int], poli
     """Index of the face ``policy`` picks, or None when there is no face."""
     ranked = rank_faces(faces, image_size, policy)
     return ranked[0] if ranked else None
+
+
+def outranks_any_face_smaller_than(
+    face: DetectedFace, image_size: tuple[int, int], policy: FacePolicy, side: float
+) -> bool:
+    """True when no face with both sides below ``side`` pixels could rank above ``face``.
+
+    Lets a coarse detection pass, which can miss faces that small, settle the choice: such a face's
+    merit is at most ``side²`` (largest) or ``side`` (centre: score ≤ 1, centre factor ≤ 1). Under
+    ``score`` any face may be the most confident one, so nothing is settled.
+    """
+    width, height = image_size
+    if policy is FacePolicy.SCORE or not in_frame(face, width, height):
+        return False
+    bound = side * side if policy is FacePolicy.LARGEST else side
+    return _MERITS[policy](face, width, height) > bound

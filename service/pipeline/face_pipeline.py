@@ -7,6 +7,7 @@ run the same steps through the same methods, so what is measured is what is serv
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
@@ -15,6 +16,7 @@ import numpy as np
 
 from service.pipeline.align import align_to_template
 from service.pipeline.batcher import MicroBatcher
+from service.pipeline.coarse_choice import CoarsePass
 from service.pipeline.detect import DetectionOptions, FaceDetector, build_detector
 from service.pipeline.embed import Embedder
 from service.pipeline.embed_ensemble import EnsembleEmbedder, WeightedMember
@@ -66,12 +68,14 @@ class FacePipeline:
         embedder: ChipEmbedder,
         *,
         providers: dict[str, list[str]],
+        coarse: CoarsePass | None = None,
         batch_max_size: int = 32,
         batch_max_wait_ms: float = 2.0,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._manifest = manifest
         self._detector = detector
+        self._coarse = coarse
         self._embedder = embedder
         self._providers = providers
         self._template = np.asarray(manifest.chip_template, dtype=np.float32)
@@ -94,11 +98,13 @@ class FacePipeline:
         """
         runtime = RuntimeOptions.from_settings(settings)
         detector_session = create_session(pack.detector_path, runtime)
-        detector = build_detector(
-            pack.manifest.detector,
-            detector_session,
-            DetectionOptions.from_settings(settings, pack.manifest.detector),
-        )
+        options = DetectionOptions.from_settings(settings, pack.manifest.detector)
+        detector = build_detector(pack.manifest.detector, detector_session, options)
+        coarse = None
+        if 0 < settings.det_coarse_input_size < options.input_size:
+            coarse_options = dataclasses.replace(options, input_size=settings.det_coarse_input_size)
+            coarse_detector = build_detector(pack.manifest.detector, detector_session, coarse_options)
+            coarse = CoarsePass(coarse_detector, settings.det_coarse_input_size)
         sessions = [create_session(path, runtime) for path in pack.member_paths or (pack.embedder_path,)]
         batch_max_size = resolved_batch_max_size(settings.batch_max_size, list(sessions[0].get_providers()))
         members = [
@@ -121,6 +127,7 @@ class FacePipeline:
                 "detector": list(detector_session.get_providers()),
                 "embedder": list(embedder_session.get_providers()),
             },
+            coarse=coarse,
             batch_max_size=batch_max_size,
             batch_max_wait_ms=settings.batch_max_wait_ms,
             on_batch=on_batch,
@@ -182,8 +189,18 @@ class FacePipeline:
         """Faces in an RGB image, largest first (blocking: call it off the event loop)."""
         return self._detector.detect(image)
 
-    def detect_chosen(self, image: ImageArray, policy: FacePolicy) -> tuple[list[DetectedFace], int | None]:
-        """Every face (largest first) and the index of the one ``policy`` chooses (None: no face)."""
+    def detect_chosen(
+        self, image: ImageArray, policy: FacePolicy, *, coarse: bool = True
+    ) -> tuple[list[DetectedFace], int | None]:
+        """The faces (largest first) and the index of the one ``policy`` chooses (None: no face).
+
+        With ``coarse`` (and FACE_DET_COARSE_INPUT_SIZE set) a coarse pass may settle the choice; its
+        face list then lacks faces too small for it (``service.pipeline.coarse_choice``). Callers that
+        index faces by the full detection's order pass ``coarse=False``.
+        """
+        settled = self._coarse.settle(image, policy) if coarse and self._coarse is not None else None
+        if settled is not None:
+            return settled
         faces = self.detect(image)
         return faces, choose_face(faces, (image.shape[1], image.shape[0]), policy)
 

@@ -78,7 +78,13 @@ def select_providers(options: RuntimeOptions, available: Sequence[str] | None = 
             f"(available: {', '.join(offered) or 'none'}); install onnxruntime-gpu with a matching "
             "CUDA, or set FACE_DEVICE=auto/cpu"
         )
-    if not cuda_offered:  # auto without CUDA: the CPU, reported by the caller
+    if not cuda_offered:  # auto without CUDA: the CPU, said out loud (latency is ~20× a GPU's)
+        logger.warning(
+            "FACE_DEVICE=auto: onnxruntime offers no %s (available: %s); running on the CPU "
+            "(install onnxruntime-gpu for CUDA, or set FACE_DEVICE=cpu to silence this)",
+            CUDA,
+            ", ".join(offered) or "none",
+        )
         if options.tensorrt:
             logger.warning("FACE_TENSORRT=true ignored: no CUDA provider available (device=auto)")
         return [CPU]

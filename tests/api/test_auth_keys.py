@@ -5,13 +5,22 @@ from __future__ import annotations
 import io
 import re
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
 from service.auth.authenticator import ENV_KEY_ID, bootstrap_authenticator
-from service.auth.keys import KEYS_DB_FILE, KeyStore, KeyStoreError, Scope, grants, parse_scopes
+from service.auth.keys import (
+    KEYS_DB_FILE,
+    KeyStore,
+    KeyStoreCorruptError,
+    KeyStoreError,
+    Scope,
+    grants,
+    parse_scopes,
+)
 from service.settings import Settings
 
 _PRINTED_KEY = re.compile(r"key:\s+(fsk_\S+)")
@@ -113,3 +122,176 @@ def test_auth_disabled_lets_everyone_in_with_a_warning(
     assert principal is not None
     assert Scope.ADMIN in principal.scopes
     assert any("DISABLED" in record.message for record in caplog.records)
+
+
+# --- a corrupt or tampered key store (issue 9): start refuses, readiness says so, requests get 401
+
+
+def _hand_edit(db: Path, *statements: str) -> None:
+    conn = sqlite3.connect(db)
+    with conn:
+        for statement in statements:
+            conn.execute(statement)
+    conn.close()
+
+
+def _truncate_to_one_page(db: Path) -> None:
+    with open(db, "r+b") as handle:
+        handle.truncate(512)
+
+
+KEY_STORE_DAMAGE: dict[str, Callable[[Path], None]] = {
+    "garbage": lambda db: db.write_bytes(b"\x8f" * db.stat().st_size),
+    "zeroed-header": lambda db: db.write_bytes(bytes(100) + db.read_bytes()[100:]),
+    "truncated": _truncate_to_one_page,
+    "empty-file": lambda db: db.write_bytes(b""),
+    "directory": lambda db: (db.unlink(), db.mkdir()),
+    "table-dropped": lambda db: _hand_edit(db, "DROP TABLE api_keys"),
+    "wrong-table-shape": lambda db: _hand_edit(
+        db, "DROP TABLE api_keys", "CREATE TABLE api_keys (id TEXT PRIMARY KEY, secret TEXT)"
+    ),
+    "extra-column": lambda db: _hand_edit(db, "ALTER TABLE api_keys ADD COLUMN owner TEXT"),
+    "hash-not-hex": lambda db: _hand_edit(
+        db, "UPDATE api_keys SET key_sha256 = 'zz' || substr(key_sha256, 3)"
+    ),
+    "hash-too-short": lambda db: _hand_edit(db, "UPDATE api_keys SET key_sha256 = substr(key_sha256, 2)"),
+    "hash-non-ascii": lambda db: _hand_edit(
+        db, "UPDATE api_keys SET key_sha256 = 'é' || substr(key_sha256, 2)"
+    ),
+    "hash-as-blob": lambda db: _hand_edit(db, "UPDATE api_keys SET key_sha256 = CAST(key_sha256 AS BLOB)"),
+    "unknown-scope": lambda db: _hand_edit(db, "UPDATE api_keys SET scopes = 'root'"),
+    "empty-scopes": lambda db: _hand_edit(db, "UPDATE api_keys SET scopes = ''"),
+    "id-not-hex": lambda db: _hand_edit(
+        db, "INSERT INTO api_keys SELECT 'x', name, scopes, key_sha256, created_at, revoked_at FROM api_keys"
+    ),
+    "revoked-at-blob": lambda db: _hand_edit(db, "UPDATE api_keys SET revoked_at = x'01'"),
+}
+
+
+# Damage beside the presented key's row: that key stays valid (the check still fails).
+KEY_ROW_INTACT = frozenset({"extra-column", "id-not-hex"})
+# A file with no table is an empty store (the service itself creates the file empty, 0600, first).
+RECREATED_AT_START = frozenset({"empty-file", "table-dropped"})
+
+
+def _store_with_a_key(data_dir: Path) -> tuple[KeyStore, str]:
+    store = KeyStore.in_data_dir(data_dir)
+    return store, store.create(frozenset({Scope.READ}), name="before the damage").key
+
+
+@pytest.mark.parametrize("kind", sorted(KEY_STORE_DAMAGE))
+def test_a_damaged_key_store_fails_the_check_and_never_raises_on_authentication(
+    kind: str, tmp_path: Path
+) -> None:
+    store, key = _store_with_a_key(tmp_path)
+    assert store.readable()
+    KEY_STORE_DAMAGE[kind](store.path)
+
+    assert not store.readable()
+    with pytest.raises(KeyStoreCorruptError, match=re.escape(str(store.path))):
+        store.check()
+    # Never an exception (a 500): the key's own row, when intact, still works; otherwise a 401.
+    found = store.authenticate(key)
+    assert (found is not None) == (kind in KEY_ROW_INTACT)
+    settings = Settings(data_dir=tmp_path, auth_enabled=True)
+    if kind in RECREATED_AT_START:  # an empty database: start makes the table (and a new admin key)
+        printed = io.StringIO()
+        bootstrap_authenticator(settings, out=printed)
+        assert store.readable()
+        assert _PRINTED_KEY.search(printed.getvalue()) is not None
+        return
+    with pytest.raises(KeyStoreCorruptError, match="face-service keys create --scopes admin"):
+        bootstrap_authenticator(settings, out=io.StringIO())
+
+
+@pytest.mark.parametrize("kind", sorted(set(KEY_STORE_DAMAGE) - RECREATED_AT_START))
+def test_serve_refuses_a_damaged_key_store_with_one_line(
+    kind: str,
+    tmp_path: Path,
+    default_pack_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from service.cli import main
+
+    store, _ = _store_with_a_key(tmp_path)
+    KEY_STORE_DAMAGE[kind](store.path)
+    for name, value in {
+        "FACE_DATA_DIR": str(tmp_path),
+        "FACE_MODELS_DIR": str(default_pack_dir.parent),
+        "FACE_PACK": default_pack_dir.name,
+        "FACE_DEVICE": "cpu",
+        "FACE_INTRA_OP_THREADS": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("FACE_API_KEY", raising=False)
+
+    assert main(["serve", "--port", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("face-service: cannot start: the API key store")
+    assert str(store.path) in err[0]
+
+
+def test_readiness_and_requests_when_the_key_store_goes_bad_while_serving(
+    tmp_path: Path, default_pack_dir: Path
+) -> None:
+    from tests.api.conftest import running_app
+
+    store, key = _store_with_a_key(tmp_path)
+    healthy = store.path.read_bytes()
+    with running_app(tmp_path, default_pack_dir) as client:
+        assert client.get("/readyz").json()["checks"]["keys"] is True
+        assert client.get("/v1/info", headers={"X-API-Key": key}).status_code == 200
+        for kind, damage in sorted(KEY_STORE_DAMAGE.items()):
+            damage(store.path)
+            ready = client.get("/readyz")
+            assert ready.status_code == 503, kind
+            assert ready.json()["checks"] == {"models": True, "gallery": True, "keys": False}, kind
+            answer = client.get("/v1/info", headers={"X-API-Key": key})
+            if kind in KEY_ROW_INTACT:
+                assert answer.status_code == 200, (kind, answer.text)
+            else:
+                assert answer.status_code == 401, (kind, answer.text)
+                assert answer.json()["type"].endswith("invalid_api_key")
+            if store.path.is_dir():
+                store.path.rmdir()
+            store.path.write_bytes(healthy)  # restored: both work again
+            assert client.get("/readyz").status_code == 200, kind
+            assert client.get("/v1/info", headers={"X-API-Key": key}).status_code == 200, kind
+
+
+def test_authentication_reads_only(tmp_path: Path) -> None:
+    """A read-only key store file (as on a full or read-only disk) still authenticates."""
+    store, key = _store_with_a_key(tmp_path)
+    store.path.chmod(0o400)
+    tmp_path.chmod(0o500)
+    try:
+        before = store.path.read_bytes()
+        assert store.authenticate(key) is not None
+        assert store.path.read_bytes() == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == [KEYS_DB_FILE]  # no -journal, -wal, -shm
+    finally:
+        tmp_path.chmod(0o700)
+        store.path.chmod(0o600)
+
+
+@pytest.mark.parametrize("kind", sorted(set(KEY_STORE_DAMAGE) - RECREATED_AT_START - KEY_ROW_INTACT))
+@pytest.mark.parametrize("command", [["list"], ["create", "--scopes", "read"], ["revoke", "000000000000"]])
+def test_keys_commands_on_a_damaged_store_print_one_line(
+    kind: str,
+    command: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from service.cli import main
+
+    store, _ = _store_with_a_key(tmp_path)
+    KEY_STORE_DAMAGE[kind](store.path)
+    monkeypatch.setenv("FACE_DATA_DIR", str(tmp_path))
+
+    assert main(["keys", *command]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"face-service: the API key store {store.path} is unreadable or tampered with")

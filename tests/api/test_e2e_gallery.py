@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -174,7 +175,8 @@ def test_update_and_delete_change_what_identify_sees(enrolled: Enrolled, shared_
     result = _enroll(
         client, created["id"], [deepface / "Jennifer" / "img3.jpg", deepface / "Jennifer" / "img53.jpg"]
     )
-    assert result["accepted"] >= 1, result
+    # Two sharp, frontal, single-face portraits of her: both must be enrolled.
+    assert (result["accepted"], result["rejected"]) == (2, 0), result
     probe = deepface / "Jennifer" / "img54.jpg"
 
     renamed = client.patch(f"/v1/subjects/{created['id']}", json={"name": "Jennifer"}, headers=H)
@@ -213,11 +215,18 @@ def test_detect_and_embed_report_faces(enrolled: Enrolled, johns: list[Person], 
     assert len(vector) == info["embedding_size"] == embedded["embedding_size"]
     assert sum(v * v for v in vector) == pytest.approx(1.0, abs=1e-4)
 
-    group = enrolled.client.post(
+    portrait = enrolled.client.post(
         "/v1/detect", files=[_file(shared_faces / "deepface_testset" / "Elon" / "img18.jpg")], headers=H
     )
+    assert portrait.status_code == 200
+    assert len(portrait.json()["faces"]) == 1  # a head-and-shoulders portrait of one man
+
+    group_photo = resources.files("insightface") / "data" / "images" / "t1.jpg"
+    group = enrolled.client.post(
+        "/v1/detect", files=[("image", ("t1.jpg", group_photo.read_bytes(), "image/jpeg"))], headers=H
+    )
     assert group.status_code == 200
-    assert len(group.json()["faces"]) >= 1
+    assert len(group.json()["faces"]) == 6  # the six people at the table
 
 
 def test_info_and_metrics_describe_the_running_service(enrolled: Enrolled, johns: list[Person]) -> None:
@@ -268,8 +277,6 @@ def test_restarted_app_finds_the_gallery_intact(
 
 
 def test_verify_compares_the_chosen_faces_of_a_group_photo(enrolled: Enrolled) -> None:
-    from importlib import resources
-
     group = (resources.files("insightface") / "data" / "images" / "t1.jpg").read_bytes()
 
     def verify(index_a: int, index_b: int) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import struct
 import uuid
 import zlib
@@ -244,11 +245,45 @@ def test_unknown_subject_and_face_are_404(client: TestClient, johns: list[Person
     _problem(client.delete(f"/v1/faces/{missing}", headers=H), 404, "face_not_found")
 
 
+def _methods_by_path(client: TestClient) -> dict[str, set[str]]:
+    """Every path of the published OpenAPI schema with a concrete value for each path parameter, and
+    the methods the schema lists for it: an expectation taken from the schema, not from the code that
+    builds the ``Allow`` header (API routes answer HEAD only where they declare it)."""
+    schema = client.get("/openapi.json").json()
+    expected: dict[str, set[str]] = {}
+    for template, operations in schema["paths"].items():
+        path = re.sub(r"\{[^}]+\}", str(uuid.uuid4()), template)
+        methods = {method.upper() for method in operations}
+        expected[path] = methods
+    return expected
+
+
+_PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "BREW")
+
+
 def test_unknown_route_and_wrong_method(client: TestClient) -> None:
     _problem(client.get("/v1/nothing-here", headers=H), 404, "not_found")
     response = client.put("/v1/subjects", headers=H)
     _problem(response, 405, "method_not_allowed")
-    assert response.headers["allow"]
+    assert set(response.headers["allow"].split(", ")) == {"GET", "POST"}  # by hand
+
+
+def test_every_405_lists_every_method_of_its_path(client: TestClient) -> None:
+    expected = _methods_by_path(client)
+    assert len(expected) >= 10  # the schema was read, not an empty one
+    checked = 0
+    for path, allowed in expected.items():
+        for method in _PROBED_METHODS:
+            if method in allowed:
+                continue
+            response = client.request(method, path, headers=H)
+            if method == "HEAD":  # no body to a HEAD
+                assert response.status_code == 405, (method, path)
+            else:
+                _problem(response, 405, "method_not_allowed")
+            assert set(response.headers["allow"].split(", ")) == allowed, (method, path)
+            checked += 1
+    assert checked >= 3 * len(expected)
 
 
 def test_verify_subject_without_faces_is_409(client: TestClient, johns: list[Person]) -> None:

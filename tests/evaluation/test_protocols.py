@@ -342,7 +342,7 @@ def test_single_image_people_are_the_non_mated_probes(
     assert result["skipped_identities"] == ["unnamed_2"]
     assert "skipped:    1 identity with too few images" in out
     assert "unnamed_2" in out
-    assert result["rank_1"] > 0.9
+    assert result["rank_1"] == 1.0  # measured: every mated probe
     # Any FPIRs: six non-mated probes measure 50% and 20%, not 1%.
     assert set(result["tpir_at_fpir"]) == {"0.5", "0.2", "1e-2"}
     assert result["tpir_at_fpir"]["1e-2"] is None

@@ -138,5 +138,6 @@ def test_default_threshold_separates_dlib_johns_identities(dlib_pack_dir: Path, 
     same = np.asarray(labels)[first] == np.asarray(labels)[second]
     accepted = similarity[first, second] >= pack.manifest.calibration.operating_points["default"].threshold
     assert same.sum() == 275
-    assert np.mean(accepted == same) >= 0.97
-    assert np.mean(accepted[~same]) <= 0.02  # false accepts among 1,210 impostor pairs
+    # Measured: no false accept among the 1,210 impostor pairs, 2 of 275 genuine pairs rejected.
+    assert int(np.sum(accepted[~same])) == 0
+    assert int(np.sum(~accepted[same])) <= 2

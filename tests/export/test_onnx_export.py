@@ -27,7 +27,7 @@ from export.parity import (
     require_parity,
 )
 from export.retinaface_extract import write_retinaface_onnx
-from models.registry import build_backbone
+from models.registry import backbone_entry, build_backbone
 from service.packs.insightface import ARCFACE_NORMALIZATION, ARCFACE_TEMPLATE_112
 from service.packs.loader import load_pack, sha256_file
 from service.packs.manifest import Calibration, EmbedderSpec, OperatingPoint, Provenance
@@ -119,43 +119,15 @@ def test_iresnet18_checkpoint_to_pack_via_cli(
     np.testing.assert_allclose(onnx_out, torch_out, atol=1e-4, rtol=0)
 
 
-def test_mobilefacenet_with_fp16_copy_via_cli(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="export.pack_writer")
-    checkpoint = _checkpoint(tmp_path, "mobilefacenet", embedding_size=512, seed=1)
-    out = tmp_path / "mbf"
-    rc = main(
-        [
-            "export",
-            "--backbone",
-            "mobilefacenet",
-            "--checkpoint",
-            str(checkpoint),
-            "--out",
-            str(out),
-            "--fp16",
-        ]
-    )
-    captured = capsys.readouterr()
-    assert rc == 0, captured.err
-    printed = captured.out
-    assert "written to" in printed
-    assert "fp16 copy vs fp32: n=16" in caplog.text
-    pack = load_pack(out)
-    assert pack.embedder_fp16_path is not None
-    assert pack.manifest.embedder.fp16_file in pack.manifest.files
-
-    # The fp16 copy takes and returns float32 and agrees with fp32 in direction.
-    inputs = random_inputs((112, 112), ARCFACE_NORMALIZATION, n=4, seed=3)
-    fp32 = ort.InferenceSession(str(pack.embedder_path), providers=["CPUExecutionProvider"])
-    fp16 = ort.InferenceSession(str(pack.embedder_fp16_path), providers=["CPUExecutionProvider"])
-    assert fp16.get_inputs()[0].type == "tensor(float)"
-    a = fp32.run(None, {INPUT_NAME: inputs})[0]
-    b = fp16.run(None, {INPUT_NAME: inputs})[0]
-    assert b.dtype == np.float32
-    cosine = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    assert cosine.min() > 0.999
+def test_fp16_copy_is_not_offered(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Nothing in the service loads an fp16 file (TensorRT builds fp16 engines from the fp32 one).
+    checkpoint = _checkpoint(tmp_path, "mobilefacenet", embedding_size=128, seed=1)
+    with pytest.raises(SystemExit) as exited:
+        main(["export", "--backbone", "mobilefacenet", "--checkpoint", str(checkpoint),
+              "--out", str(tmp_path / "mbf"), "--fp16"])  # fmt: skip
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --fp16" in capsys.readouterr().err
+    assert not (tmp_path / "mbf").exists()
 
 
 def test_parity_detects_a_different_model(tmp_path: Path) -> None:
@@ -254,38 +226,103 @@ def test_pack_id_fingerprint_follows_everything_that_changes_embeddings() -> Non
     assert embedding_fingerprint("a" * 64, renamed) == base
 
 
-def test_face_train_checkpoint_exports_with_its_recorded_preprocessing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+ORL_IDENTITIES = [f"s{i}" for i in range(1, 9)]
+
+
+@pytest.fixture(scope="module")
+def orl_subset(shared_faces: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 real ORL identities (10 photos each): enough for face-train's 5 trained / 3 held out."""
+    source = shared_faces / "orl_att_faces"
+    subset = tmp_path_factory.mktemp("orl_subset")
+    for name in ORL_IDENTITIES:
+        (subset / name).symlink_to(source / name, target_is_directory=True)
+    return subset
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["unaligned", "aligned"])
+def face_train_run(
+    request: pytest.FixtureRequest, orl_subset: Path, default_pack_dir: Path, tmp_path_factory
+) -> tuple[bool, Path]:
+    """A real ``face-train train`` run (iresnet_tiny, 1 epoch), with and without ``--align``."""
+    from models.training.cli import main as face_train
+
+    align: bool = request.param
+    out = tmp_path_factory.mktemp("aligned-run" if align else "unaligned-run")
+    argv = ["train", "--data", str(orl_subset), "--out", str(out), "--backbone", "iresnet_tiny",
+            "--epochs", "1", "--batch-size", "16", "--holdout", "3", "--n-folds", "5",
+            "--fars", "0.1", "--threads", "1", "--no-progress"]  # fmt: skip
+    if align:
+        argv += ["--align", "--align-pack", str(default_pack_dir)]
+    assert face_train(argv) == 0
+    return align, out / "checkpoints" / "last.pt"
+
+
+def _orl_chips(orl_subset: Path, size: tuple[int, int]) -> np.ndarray:
+    """Real ORL photos as face-train feeds them: resized, RGB, (x − 127.5) / 127.5."""
+    from models.training.dataset import load_face_image, to_model_input
+
+    photos = sorted(orl_subset.glob("s[1-3]/*.pgm"))[:12]
+    images = np.stack([load_face_image(path, size) for path in photos]).transpose(0, 3, 1, 2)
+    return to_model_input(torch.from_numpy(np.ascontiguousarray(images))).numpy()
+
+
+def _legacy_copy(checkpoint: Path, out: Path) -> Path:
+    """The same run as checkpoints before ``aligned`` was recorded: ``template: None`` when unaligned."""
+    from models.training.checkpoint import load_checkpoint, save_checkpoint
+
+    data = load_checkpoint(checkpoint)
+    aligned = data["preprocessing"].pop("aligned")
+    if not aligned:
+        data["preprocessing"]["template"] = None
+    data.pop("format")
+    return save_checkpoint(data, out)
+
+
+@pytest.mark.parametrize("output", ["last.pt", "legacy last.pt", "backbone.pth"])
+def test_every_face_train_output_exports_with_parity(
+    face_train_run: tuple[bool, Path],
+    output: str,
+    orl_subset: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from models.training.alignment import scaled_template
-    from models.training.checkpoint import save_checkpoint
+    from models.training.checkpoint import load_embedder
 
-    model = _initialised("iresnet_tiny", embedding_size=64, seed=2, input_size=(64, 64))
-    checkpoint = save_checkpoint(
-        {
-            "backbone": {"name": "iresnet_tiny", "embedding_size": 64, "input_size": [64, 64]},
-            "preprocessing": {
-                "color_order": "RGB",
-                "mean": [127.5] * 3,
-                "std": [127.5] * 3,
-                "template": "arcface",
-            },
-            "model": model.state_dict(),
-        },
-        tmp_path / "last.pt",
-    )
-    out = tmp_path / "tiny"
+    align, checkpoint = face_train_run
+    torch_model = load_embedder(checkpoint)
+    if output == "legacy last.pt":
+        checkpoint = _legacy_copy(checkpoint, tmp_path / "legacy.pt")
+    elif output == "backbone.pth":  # the bare state dict face-train writes beside its checkpoints
+        checkpoint = checkpoint.parents[1] / "backbone.pth"
+    out = tmp_path / "pack"
     rc = main(["export", "--backbone", "iresnet_tiny", "--checkpoint", str(checkpoint), "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
-    embedder = load_pack(out).manifest.embedder
+    pack = load_pack(out)  # verifies every sha256
+    assert sorted(pack.manifest.files) == ["detector.onnx", "embedder.onnx"]  # no unused fp16 copy
+    embedder = pack.manifest.embedder
     assert embedder.input_size == (64, 64)
-    assert embedder.embedding_size == 64
-    np.testing.assert_allclose(embedder.template, scaled_template("arcface", (64, 64)), atol=1e-4)
+    assert embedder.embedding_size == backbone_entry("iresnet_tiny").default_embedding_size
+    assert embedder.fp16_file is None
     assert embedder.normalization == ARCFACE_NORMALIZATION
+    np.testing.assert_allclose(embedder.template, scaled_template("arcface", (64, 64)), atol=1e-4)
+    if output != "backbone.pth":  # a bare state dict cannot say how it was trained
+        assert ("without --align" in embedder.template_derivation.method) is not align
+
+    # The pack's ONNX reproduces the trained PyTorch backbone on real ORL photos.
+    chips = _orl_chips(orl_subset, (64, 64))
+    session = ort.InferenceSession(str(pack.embedder_path), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run([OUTPUT_NAME], {INPUT_NAME: chips})
+    with torch.no_grad():
+        torch_out = torch_model(torch.from_numpy(chips)).numpy()
+    np.testing.assert_allclose(onnx_out, torch_out, atol=1e-4, rtol=0)
 
     rc = main(["export", "--backbone", "iresnet18", "--checkpoint", str(checkpoint), "--out", str(out)])
     assert rc == 1
-    assert "was trained as iresnet_tiny, not iresnet18" in capsys.readouterr().err
+    expected = (
+        "does not fit backbone iresnet18" if output == "backbone.pth" else "was trained as iresnet_tiny"
+    )
+    assert expected in capsys.readouterr().err
 
 
 def test_refuses_to_replace_a_folder_that_is_not_a_pack(

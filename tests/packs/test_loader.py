@@ -82,7 +82,6 @@ def test_valid_pack_loads_with_resolved_paths(pack: Path) -> None:
     assert loaded.manifest.id == "test-pack"
     assert loaded.detector_path.read_bytes() == b"detector bytes"
     assert loaded.embedder_path.read_bytes() == b"embedder bytes"
-    assert loaded.embedder_fp16_path is None
     assert loaded.dir == pack.resolve()
 
 
@@ -163,3 +162,91 @@ def test_resolve_pack_dir_accepts_plain_names(tmp_path: Path, name: str) -> None
 def test_resolve_pack_dir_rejects_traversal(tmp_path: Path, name: str) -> None:
     with pytest.raises(PackError, match="invalid pack name"):
         resolve_pack_dir(tmp_path, name)
+
+
+# ------------------------------------------------------- a FACE_PACK with no files: what to do, pasteable
+
+
+def _pasted_command(message: str) -> list[str]:
+    """The one backquoted command of a hint, split as a shell would."""
+    import re
+    import shlex
+
+    (command,) = re.findall(r"`([^`]+)`", message)
+    return shlex.split(command)
+
+
+@pytest.mark.parametrize("name", ["default", "dlib", "fast", "ensemble"])
+@pytest.mark.parametrize("exists", [False, True], ids=["no-folder", "empty-folder"])
+def test_missing_built_in_pack_names_the_command_that_builds_it_there(
+    tmp_path: Path, name: str, exists: bool
+) -> None:
+    from export.cli import _parser
+    from service.packs.loader import BUILT_IN_PACKS
+
+    pack_dir = tmp_path / "models" / name
+    if exists:
+        pack_dir.mkdir(parents=True)
+    with pytest.raises(PackError) as raised:
+        load_pack(pack_dir)
+    argv = _pasted_command(str(raised.value))
+    program = Path(argv[0])
+    assert program.name == "face-export"
+    # Pasted in this shell it runs: on PATH, or the path of this environment's script.
+    assert program.is_file() or __import__("shutil").which(argv[0]) is not None
+    args = _parser().parse_args(argv[1:])
+    assert args.command == BUILT_IN_PACKS[name]
+    assert args.out == pack_dir
+
+
+@pytest.mark.parametrize("layout_name", ["buffalo_l", "antelopev2"])
+def test_missing_insightface_pack_says_what_to_place_where(tmp_path: Path, layout_name: str) -> None:
+    from service.packs.insightface import INSIGHTFACE_PACKS
+    from tests.packs.test_insightface_packs import arcface_like_model, scrfd_like_model
+
+    layout = INSIGHTFACE_PACKS[layout_name]
+    pack_dir = tmp_path / layout_name
+    for attempt in ("no-folder", "empty-folder"):
+        with pytest.raises(PackError) as raised:
+            load_pack(pack_dir)
+        message = str(raised.value)
+        assert "build the default pack" not in message, attempt
+        assert str(pack_dir / layout.detector_file) in message
+        assert str(pack_dir / layout.embedder_file) in message
+        assert f"{layout_name}.zip" in message
+        pack_dir.mkdir(exist_ok=True)
+    # Doing what it says is enough: the pack loads.
+    scrfd_like_model(pack_dir / layout.detector_file, 0)
+    arcface_like_model(pack_dir / layout.embedder_file, 0)
+    assert load_pack(pack_dir).manifest.embedder.file == layout.embedder_file
+
+
+@pytest.mark.parametrize("name", ["buffalo_s", "my-pack", "Default", "r50.v2"])
+def test_missing_unknown_pack_lists_what_the_models_dir_holds(tmp_path: Path, name: str) -> None:
+    from export.cli import _parser
+
+    models = tmp_path / "models"
+    (models / "dlib").mkdir(parents=True)
+    (models / ".tensorrt-cache").mkdir()
+    with pytest.raises(PackError) as raised:
+        load_pack(models / name)
+    message = str(raised.value)
+    assert f"FACE_MODELS_DIR ({models}), which holds dlib;" in message
+    args = _parser().parse_args(_pasted_command(message)[1:])
+    assert (args.command, args.out) == ("default-pack", models / "default")
+
+
+def test_hint_carries_non_default_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+
+    from service.command_hints import command_hint
+
+    spaced = tmp_path / "data dir"
+    hint = command_hint("face-service", "keys", "create", data_dir=spaced)
+    words = shlex.split(hint)
+    assert words[0] == f"FACE_DATA_DIR={spaced}"
+    assert Path(words[1]).name == "face-service"
+    assert words[2:] == ["keys", "create"]
+    from service.settings import default_data_dir
+
+    assert not command_hint("face-service", data_dir=default_data_dir()).startswith("FACE_")

@@ -151,7 +151,7 @@ def test_main_face_in_most_deepface_photos(detector: RetinaFaceDetector, shared_
             assert_plausible_landmarks(faces[0])
             assert faces[0].width > 0.05 * max(image.shape[:2])  # the main face is the largest
     print(f"deepface_testset: a face in {found} of {len(paths)} photos")
-    assert found >= 0.95 * len(paths)
+    assert found == len(paths)  # measured: a face in 61 of 61
 
 
 def test_exif_rotated_jpeg_finds_the_face_in_the_same_place(

@@ -76,9 +76,9 @@ def test_on_real_photos_centre_finds_the_subject_where_largest_does_not(
     assert len(references) >= 3
     reference = np.mean(references, axis=0)
     image = read_image(shared_faces / "celeba_wild" / photo)
-    largest, count = pipeline.analyze_chosen_sync(image, FacePolicy.LARGEST)
+    largest, _ = pipeline.analyze_chosen_sync(image, FacePolicy.LARGEST)
     centre, _ = pipeline.analyze_chosen_sync(image, FacePolicy.CENTRE)
-    assert count >= 2
+    assert len(pipeline.detect(image)) >= 2  # full-size detection (the coarse pass may see fewer)
     assert largest is not None
     assert centre is not None
     reference /= np.linalg.norm(reference)

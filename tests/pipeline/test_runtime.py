@@ -37,6 +37,43 @@ def test_auto_without_cuda_runs_on_cpu() -> None:
     assert provider_names(chosen) == [CPU]
 
 
+NO_CUDA_BUILDS = [
+    [CPU],
+    ["AzureExecutionProvider", CPU],
+    [TENSORRT, CPU],  # TensorRT without CUDA is unusable: still the CPU
+    ["OpenVINOExecutionProvider", "DnnlExecutionProvider", CPU],
+    [],
+]
+
+
+@pytest.mark.parametrize("available", NO_CUDA_BUILDS, ids=lambda a: "+".join(a) or "none")
+@pytest.mark.parametrize("tensorrt", [False, True])
+def test_auto_falling_back_to_cpu_warns(
+    available: list[str], tensorrt: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", logger="service.pipeline.runtime")
+    options = RuntimeOptions(device=ExecutionDevice.AUTO, tensorrt=tensorrt)
+    assert select_providers(options, available=available) == [CPU]
+    fallbacks = [r for r in caplog.records if "FACE_DEVICE=auto" in r.getMessage()]
+    assert len(fallbacks) == 1
+    assert fallbacks[0].levelname == "WARNING"
+    assert "running on the CPU" in fallbacks[0].getMessage()
+    assert (", ".join(available) or "none") in fallbacks[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    ("device", "available"),
+    [(ExecutionDevice.AUTO, GPU_BUILD), (ExecutionDevice.AUTO, [CUDA, CPU]), (ExecutionDevice.CPU, [CPU]),
+     (ExecutionDevice.CPU, GPU_BUILD), (ExecutionDevice.CUDA, [CUDA, CPU])],
+)  # fmt: skip
+def test_no_fallback_warning_when_nothing_falls_back(
+    device: ExecutionDevice, available: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", logger="service.pipeline.runtime")
+    select_providers(RuntimeOptions(device=device), available=available)
+    assert not [r for r in caplog.records if "FACE_DEVICE=auto" in r.getMessage()]
+
+
 def test_tensorrt_is_opt_in_and_goes_first() -> None:
     options = RuntimeOptions(device=ExecutionDevice.CUDA, tensorrt=True, tensorrt_cache_dir=Path("/tmp/trt"))
     chosen = select_providers(options, available=GPU_BUILD)

@@ -30,6 +30,17 @@ from PIL import Image
 from service.api.errors import PROBLEM_MEDIA_TYPE
 from service.pipeline.decode import ImageDecodeError, decode_image
 from tests.api.conftest import admin_headers, running_app
+from tests.conftest import SHARED_FACES
+from tests.pipeline.exif_blocks import (
+    EXIF_IFD,
+    GPS_IFD,
+    KNOWN_TAGS,
+    ORIENTATION,
+    WRONG_TYPED,
+    Entry,
+    exif_block,
+    orientation,
+)
 from tests.robustness.conftest import heavy_run
 
 MAX_BYTES = 16 * 1024 * 1024
@@ -46,6 +57,10 @@ MAGIC = {
     "PNG": b"\x89PNG\r\n\x1a\n",
     "WEBP": b"RIFF\x00\x10\x00\x00WEBPVP8 ",
     "BMP": b"BM",
+    "TIFF_LE": b"II*\x00",
+    "TIFF_BE": b"MM\x00*",
+    "PGM": b"P5\n",
+    "PPM": b"P6\n",
 }
 
 
@@ -88,6 +103,14 @@ def seed_images() -> dict[str, tuple[bytes, tuple[int, int]]]:
         "bmp_rgb": encode(rgb, "BMP"),
         "bmp_1bit": encode(rgb.convert("1"), "BMP"),
         "bmp_p": encode(rgb.convert("P"), "BMP"),
+        "pgm": encode(rgb.convert("L"), "PPM"),
+        "pgm_16bit": encode(grey16, "PPM"),
+        "ppm": encode(rgb, "PPM"),
+        "pbm": encode(rgb.convert("1"), "PPM"),
+        "tiff_rgb": encode(rgb, "TIFF"),
+        "tiff_grey_lzw": encode(rgb.convert("L"), "TIFF", compression="tiff_lzw"),
+        "tiff_grey16_deflate": encode(grey16, "TIFF", compression="tiff_adobe_deflate"),
+        "tiff_jpeg": encode(rgb, "TIFF", compression="jpeg"),
     }
     return {name: (data, rgb.size) for name, data in seeds.items()}
 
@@ -341,3 +364,164 @@ def test_api_answers_truncated_images_with_a_4xx_problem(client, name: str, cut:
         assert cut > 0.8
         return
     _assert_problem_4xx(response, {415, 422})
+
+
+# ------------------------------------------------------------------------------- EXIF structure
+
+
+def _real_jpegs() -> list[bytes]:
+    """Small real photos (dlib_johns, 150×150) as their original bytes; empty without the shared set."""
+    return [path.read_bytes() for path in sorted(SHARED_FACES.glob("dlib_johns/John_S*/*.jpg"))[:40:8]]
+
+
+REAL_JPEGS = _real_jpegs()
+needs_real_jpegs = pytest.mark.skipif(not REAL_JPEGS, reason=f"shared face data not found at {SHARED_FACES}")
+
+
+def with_app1(jpeg: bytes, block: bytes) -> bytes:
+    """The JPEG's own bytes with an APP1 (EXIF) segment spliced in right after SOI."""
+    block = block[:65_533]
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(block) + 2) + block + jpeg[2:]
+
+
+_ANY_ENTRY = st.builds(
+    Entry,
+    tag=st.one_of(st.sampled_from((ORIENTATION, EXIF_IFD, GPS_IFD)), st.integers(0, 0xFFFF)),
+    field_type=st.integers(0, 20),  # every TIFF type, and invalid ones
+    count=st.one_of(st.integers(0, 16), st.integers(0, 2**32 - 1)),
+    value=st.binary(max_size=40),  # > 4 bytes: stored after the IFD behind an offset
+)
+# Tags Pillow knows a type for, with any other type: writing these back is what broke exif_transpose.
+_KNOWN_TAG_ANY_TYPE = st.builds(
+    Entry,
+    tag=st.sampled_from(KNOWN_TAGS),
+    field_type=st.integers(0, 20),
+    count=st.integers(0, 16),
+    value=st.binary(max_size=40),
+)
+_ENTRIES = st.one_of(st.sampled_from(list(WRONG_TYPED.values())), _KNOWN_TAG_ANY_TYPE, _ANY_ENTRY)
+
+
+@st.composite
+def exif_structures(draw: st.DrawFn) -> bytes:
+    """EXIF blocks with any tags, types, counts, offsets and orientation values, then byte edits."""
+    big_endian = draw(st.booleans())
+    entries = draw(st.lists(_ENTRIES, max_size=12))
+    # An orientation tag (valid ones are 1..8) makes Pillow rewrite the rest when it transposes.
+    value = draw(st.one_of(st.none(), st.integers(2, 8), st.integers(0, 0xFFFF)))
+    if value is not None:
+        entries.insert(draw(st.integers(0, len(entries))), orientation(value, big_endian=big_endian))
+    # A broken next-IFD offset or byte edits can make Pillow drop the whole block: a quarter each, so
+    # that most examples reach the orientation with their odd tags intact.
+    next_ifd = 0
+    if draw(st.integers(0, 3)) == 0:
+        next_ifd = draw(st.one_of(st.integers(0, 64), st.integers(0, 2**32 - 1)))
+    block = bytearray(exif_block(entries, big_endian=big_endian, next_ifd=next_ifd))
+    if draw(st.integers(0, 3)) == 0:
+        edits = st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=4)
+        for where, byte in draw(edits):
+            block[int(where * len(block))] = byte
+    return bytes(block)
+
+
+@needs_real_jpegs
+@FUZZ
+@given(photo=st.sampled_from(range(len(REAL_JPEGS) or 1)), block=exif_structures())
+def test_any_exif_structure_on_a_real_jpeg_decodes_or_is_a_decode_error(photo: int, block: bytes) -> None:
+    original = decode_image(REAL_JPEGS[photo], max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS)
+    decoded = decodes_cleanly(with_app1(REAL_JPEGS[photo], block))
+    # EXIF never touches the pixels: the image decodes, at most turned by an orientation.
+    assert decoded is not None
+    assert decoded.shape in {original.shape, (original.shape[1], original.shape[0], 3)}
+
+
+@needs_real_jpegs
+@settings(max_examples=EXAMPLES // 3, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(photo=st.sampled_from(range(len(REAL_JPEGS) or 1)), block=exif_structures())
+def test_api_answers_any_exif_structure_with_200_or_a_4xx_problem(client, photo: int, block: bytes) -> None:
+    data = with_app1(REAL_JPEGS[photo], block)
+    response = client.post(
+        "/v1/detect", headers=admin_headers(), files={"image": ("x.jpg", data, "image/jpeg")}
+    )
+    if response.status_code != 200:
+        _assert_problem_4xx(response, {413, 415, 422})
+
+
+def _claiming_more_rows(jpeg: bytes, factor: int) -> bytes:
+    edited = bytearray(jpeg)
+    sof = next(i for i in range(len(edited) - 1) if edited[i] == 0xFF and edited[i + 1] in (0xC0, 0xC1, 0xC2))
+    (rows,) = struct.unpack(">H", edited[sof + 5 : sof + 7])
+    edited[sof + 5 : sof + 7] = struct.pack(">H", min(65_535, rows * factor))
+    return bytes(edited)
+
+
+def _rle8_bmp(width: int, height: int) -> bytes:
+    palette = b"".join(bytes((i, i, i, 0)) for i in range(256))
+    rows = b"".join(bytes((width, row % 256)) + b"\0\0" for row in range(height)) + b"\0\1"
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rows), 2835, 2835, 256, 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(rows), 0, 0, offset) + info + palette + rows
+
+
+def test_bulk_enrollment_with_bad_exif_images_enrolls_every_image(client, shared_faces: Path) -> None:
+    """Wrong-typed tags beside an orientation tag (the old 500s), each in one upload of one request."""
+    photos = sorted((shared_faces / "dlib_johns" / "John_Savage").glob("*.jpg"))
+    good = [("images", (path.name, path.read_bytes(), "image/jpeg")) for path in photos[:3]]
+    bad_exif = [
+        (
+            "images",
+            (
+                f"{name}.jpg",
+                with_app1(photos[3 + i % 8].read_bytes(), exif_block([orientation(1), entry])),
+                "image/jpeg",
+            ),
+        )
+        for i, (name, entry) in enumerate(sorted(WRONG_TYPED.items()))
+    ]
+    refused = [
+        ("images", ("rows.jpg", _claiming_more_rows(photos[0].read_bytes(), 4), "image/jpeg")),
+        ("images", ("rle.bmp", _rle8_bmp(150, 150), "image/bmp")),
+        ("images", ("cut.jpg", photos[1].read_bytes()[:2000], "image/jpeg")),
+    ]
+    subject = client.post("/v1/subjects", json={"name": "exif"}, headers=admin_headers()).json()["id"]
+    response = client.post(
+        f"/v1/subjects/{subject}/faces", files=good + bad_exif + refused, headers=admin_headers()
+    )
+    assert response.status_code == 201, response.text
+    results = response.json()["results"]
+    assert [item["accepted"] for item in results] == [True] * (len(good) + len(bad_exif)) + [False] * 3
+    reasons = [item["rejection"] for item in results[-3:]]
+    assert [reason["code"] for reason in reasons] == ["invalid_image"] * 3
+    assert "truncated" in reasons[0]["detail"]
+    assert "RLE" in reasons[1]["detail"]
+    assert "truncated" in reasons[2]["detail"]
+    stored = client.get(f"/v1/subjects/{subject}", headers=admin_headers()).json()
+    assert stored["face_count"] == len(good) + len(bad_exif)
+
+
+def test_orl_faces_are_accepted_as_pgm_grey_png_and_grey_tiff(client, shared_faces: Path) -> None:
+    """ORL ships greyscale PGM: the API takes it as it is, and as greyscale PNG or TIFF."""
+    paths = sorted((shared_faces / "orl_att_faces" / "s1").glob("*.pgm"))[:3]
+    with Image.open(paths[0]) as grey:
+        encodings = {
+            "pgm": paths[0].read_bytes(),
+            "png": encode(grey, "PNG"),
+            "tiff": encode(grey, "TIFF", compression="tiff_lzw"),
+        }
+        size = {"width": grey.width, "height": grey.height}
+    boxes = {}
+    for name, data in encodings.items():
+        response = client.post(
+            "/v1/detect", headers=admin_headers(), files={"image": (f"s1.{name}", data, "image/x")}
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["image"] == size
+        assert len(body["faces"]) == 1, name
+        boxes[name] = body["faces"][0]["box"]
+    assert boxes["pgm"] == boxes["png"] == boxes["tiff"]  # the same pixels, whatever the container
+    subject = client.post("/v1/subjects", json={"name": "orl s1"}, headers=admin_headers()).json()["id"]
+    files = [("images", (path.name, path.read_bytes(), "image/x-portable-graymap")) for path in paths]
+    enrolled = client.post(f"/v1/subjects/{subject}/faces", files=files, headers=admin_headers())
+    assert enrolled.status_code == 201, enrolled.text
+    assert enrolled.json()["accepted"] == len(paths), enrolled.text  # PGM uploads enroll as they are

@@ -18,11 +18,11 @@ router = APIRouter(prefix="/v1", tags=["inference"])
 
 @router.post("/detect", summary="Detect faces", responses=IMAGE_ERRORS)
 async def detect(
-    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP")],
+    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or PGM/PPM")],
     services: Services,
     _: ReadAccess,
 ) -> DetectResponse:
-    pixels = await load_image(image, "image", services.settings)
+    pixels = await load_image(image, "image", services)
     faces = await detect_faces(services.pipeline, pixels)
     services.metrics.faces_detected.inc(len(faces))
     height, width = pixels.shape[:2]

@@ -17,11 +17,11 @@ router = APIRouter(prefix="/v1", tags=["inference"])
 
 @router.post("/embed", summary="Embed every face", responses=IMAGE_ERRORS)
 async def embed(
-    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP")],
+    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or PGM/PPM")],
     services: Services,
     _: ReadAccess,
 ) -> EmbedResponse:
-    pixels = await load_image(image, "image", services.settings)
+    pixels = await load_image(image, "image", services)
     faces = await services.pipeline.analyze(pixels)
     services.metrics.faces_detected.inc(len(faces))
     services.metrics.faces_embedded.inc(len(faces))

@@ -30,17 +30,19 @@ def _gallery_readable(services: AppServices) -> bool:
 async def _readiness(request: Request) -> dict[str, bool]:
     services = getattr(request.state, "services", None)
     if not isinstance(services, AppServices):  # the lifespan has not finished loading
-        return {"models": False, "gallery": False}
+        return {"models": False, "gallery": False, "keys": False}
     # Services exist only once the lifespan loaded the models and opened the gallery.
     return {
         "models": bool(services.pipeline.providers),
         "gallery": await run_in_threadpool(_gallery_readable, services),
+        # A key store gone bad after start would refuse every stored key: not ready.
+        "keys": await run_in_threadpool(services.authenticator.store_ready),
     }
 
 
 @router.get(
     "/readyz",
-    summary="Readiness: models and gallery loaded",
+    summary="Readiness: models loaded, gallery and key store readable",
     responses={503: {"model": ReadyResponse, "description": "not ready yet (or shutting down)"}},
 )
 async def readyz(request: Request) -> JSONResponse:
@@ -58,7 +60,10 @@ async def readyz(request: Request) -> JSONResponse:
 )
 async def metrics(services: Services) -> Response:
     sizes = await run_in_threadpool(services.gallery.sizes)
-    body = services.metrics.render(
-        gallery_subjects=sizes.subjects, gallery_faces=sizes.faces, gallery_indexed_faces=sizes.indexed_faces
+    body = await run_in_threadpool(  # rendering a large registry must not stall the event loop
+        services.metrics.render,
+        gallery_subjects=sizes.subjects,
+        gallery_faces=sizes.faces,
+        gallery_indexed_faces=sizes.indexed_faces,
     )
     return Response(body, media_type=METRICS_CONTENT_TYPE)

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from service.api.deps import ReadAccess, Services
 from service.api.images import load_image
 from service.api.params import FacePolicyForm, ThresholdForm, ThresholdQuery
-from service.api.presenters import box_of
+from service.api.presenters import box_of, readable_name, similarity_of
 from service.api.responses import IMAGE_ERRORS
 from service.api.schemas import CandidateOut, IdentifiedFaceOut, IdentifyResponse, ThresholdOut
 from service.api.state import AppServices
@@ -32,7 +32,7 @@ async def _chosen_only(services: AppServices, pixels: ImageArray, policy: FacePo
 
 @router.post("/identify", summary="Identify faces against the gallery", responses=IMAGE_ERRORS)
 async def identify(
-    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP")],
+    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or PGM/PPM")],
     services: Services,
     _: ReadAccess,
     top_k: Annotated[
@@ -47,7 +47,7 @@ async def identify(
 ) -> IdentifyResponse:
     threshold = services.thresholds.resolve(threshold_form if threshold_form is not None else threshold_query)
     k = top_k if top_k is not None else services.settings.identify_top_k
-    pixels = await load_image(image, "image", services.settings)
+    pixels = await load_image(image, "image", services)
     policy = face_policy or services.settings.face_policy
     faces = await (
         _chosen_only(services, pixels, policy) if largest_only else services.pipeline.analyze(pixels)
@@ -71,7 +71,10 @@ async def identify(
                 unknown=not found,
                 candidates=[
                     CandidateOut(
-                        subject_id=c.subject_id, name=c.name, similarity=c.similarity, face_id=c.face_id
+                        subject_id=c.subject_id,
+                        name=readable_name(c.name),
+                        similarity=similarity_of(c.similarity),
+                        face_id=c.face_id,
                     )
                     for c in found
                 ],

@@ -11,47 +11,23 @@ from service.api.deps import EnrollAccess, ReadAccess, Services
 from service.api.enrollment import examine_uploads, new_faces
 from service.api.errors import ApiError, FieldError
 from service.api.images import check_image_count
+from service.api.presenters import face_out, subject_out
 from service.api.responses import AUTH_ERRORS, IMAGE_ERRORS, NOT_FOUND
 from service.api.schemas import (
     EnrollmentItem,
     EnrollmentResponse,
     FaceList,
-    FaceOut,
     Problem,
-    Quality,
     RejectionOut,
     SubjectCreate,
     SubjectOut,
     SubjectPage,
     SubjectUpdate,
 )
-from service.gallery.store import FaceRecord, Subject
+from service.gallery.store import Subject
 from service.pipeline.face_choice import FacePolicy
 
 router = APIRouter(prefix="/v1/subjects", tags=["gallery"], responses=AUTH_ERRORS)
-
-
-def subject_out(subject: Subject) -> SubjectOut:
-    return SubjectOut(
-        id=subject.id,
-        name=subject.name,
-        metadata=subject.metadata,
-        face_count=subject.face_count,
-        created_at=subject.created_at,
-        updated_at=subject.updated_at,
-    )
-
-
-def face_out(record: FaceRecord) -> FaceOut:
-    quality = Quality.model_validate(record.quality) if record.quality else None
-    return FaceOut(
-        id=record.id,
-        subject_id=record.subject_id,
-        pack_id=record.pack_id,
-        det_score=record.det_score,
-        quality=quality,
-        created_at=record.created_at,
-    )
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a subject")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Annotated
 
 import numpy as np
@@ -13,7 +14,7 @@ from service.api.deps import ReadAccess, Services
 from service.api.errors import ApiError, FieldError
 from service.api.images import load_image
 from service.api.params import FacePolicyForm, ThresholdForm, ThresholdQuery
-from service.api.presenters import box_of
+from service.api.presenters import box_of, readable_name, similarity_of
 from service.api.responses import IMAGE_ERRORS, NOT_FOUND, SUBJECT_HAS_NO_FACES
 from service.api.schemas import ComparedFace, SubjectRef, ThresholdOut, VerifyResponse
 from service.api.state import AppServices
@@ -33,9 +34,13 @@ async def _chosen_face(
     index_field: str,
 ) -> tuple[EmbeddedFace, ComparedFace]:
     """Detect every face, then embed only the one at the given index, or else the policy's choice."""
-    pixels = await load_image(upload, field, services.settings)
+    pixels = await load_image(upload, field, services)
     face_index, policy = choice
-    faces, chosen_index = await run_in_threadpool(services.pipeline.detect_chosen, pixels, policy)
+    # Full-size detection only: the response's face_index and faces_in_image count /v1/detect's faces,
+    # which a coarse pass (that may miss some) could not.
+    faces, chosen_index = await run_in_threadpool(
+        functools.partial(services.pipeline.detect_chosen, coarse=False), pixels, policy
+    )
     services.metrics.faces_detected.inc(len(faces))
     if chosen_index is None:
         raise ApiError(
@@ -112,7 +117,7 @@ async def verify(
             _chosen_face(services, image_a, "image_a", (face_index_a, policy), "face_index_a"),
             _chosen_face(services, image_b, "image_b", (face_index_b, policy), "face_index_b"),
         )
-        similarity = float(np.dot(face_a.embedding, face_b.embedding))
+        similarity = similarity_of(np.dot(face_a.embedding, face_b.embedding))
         return VerifyResponse(
             mode="pair",
             similarity=similarity,
@@ -126,12 +131,14 @@ async def verify(
 
     subject = await run_in_threadpool(services.gallery.get_subject, subject_id)  # 404 before any inference
     probe, compared = await _chosen_face(services, image, "image", (face_index_a, policy), "face_index_a")
-    similarity = await run_in_threadpool(services.gallery.verify_against_subject, probe.embedding, subject_id)
+    similarity = similarity_of(
+        await run_in_threadpool(services.gallery.verify_against_subject, probe.embedding, subject_id)
+    )
     return VerifyResponse(
         mode="subject",
         similarity=similarity,
         threshold=threshold_out,
         match=similarity >= threshold.value,
         face_a=compared,
-        subject=SubjectRef(id=subject.id, name=subject.name),
+        subject=SubjectRef(id=subject.id, name=readable_name(subject.name)),
     )
