@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
+from service.api.input_limits import check_name
 from service.auth.keys import KeyStore, KeyStoreError, parse_scopes
 from service.settings import Settings, load_settings
 
@@ -140,6 +141,10 @@ def _checked_key_store(settings: Settings) -> KeyStore:
 
 
 def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        check_name(args.name)  # the rule POST /v1/keys applies: no control, bidi or surrogate characters
+    except ValueError as exc:
+        return _fail(f"--name: {exc}")
     try:
         scopes = parse_scopes(args.scopes)
         created = _checked_key_store(settings).create(scopes, name=args.name)

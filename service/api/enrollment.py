@@ -9,7 +9,6 @@ all of them, or none.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ import numpy as np
 from fastapi import UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from service.api.gather import gather_all
 from service.api.images import busy_error, open_upload, read_upload
 from service.api.state import AppServices
 from service.gallery.store import NewFace, StoredCrop
@@ -113,7 +113,7 @@ async def examine_uploads(
     datas = [await read_upload(upload) for upload in uploads]
     try:
         return list(
-            await asyncio.gather(
+            await gather_all(
                 *(
                     _examine_upload(services, data, index, upload.filename, policy)
                     for index, (data, upload) in enumerate(zip(datas, uploads, strict=True))

@@ -1,14 +1,16 @@
 """Uploaded images → RGB arrays, with decode errors turned into problem responses.
 
-Every decode reserves its decoded pixels in the app's ``PixelBudget`` first (``AppServices``): the
-single-image routes for the decode itself (their pixels are then held by the request until it
-answers), enrollment for decode + detect + align of each image (``service.api.enrollment``). No room
-within ``FACE_DECODE_BUDGET_WAIT_S``: 503 ``busy`` with Retry-After.
+Every decode reserves its decoded pixels in the app's ``PixelBudget`` first (``AppServices``) and
+keeps them reserved while the image is in use: the single-image routes for as long as they hold the
+pixels (``held_image``: decode, detect, align, embed), enrollment for decode + detect + align of each
+image (``service.api.enrollment``). No room within ``FACE_DECODE_BUDGET_WAIT_S``: 503 ``busy`` with
+Retry-After.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 from fastapi import UploadFile
 from starlette.concurrency import run_in_threadpool
@@ -68,22 +70,35 @@ def busy_error(exc: PixelBudgetBusyError) -> ApiError:
     )
 
 
-async def load_image(upload: UploadFile, field: str, services: AppServices) -> ImageArray:
-    """Read and decode one upload off the event loop; a bad image is a problem naming ``field``."""
+@asynccontextmanager
+async def held_image(upload: UploadFile, field: str, services: AppServices) -> AsyncIterator[ImageArray]:
+    """One upload decoded off the event loop, its pixels reserved in the budget until the block ends.
+
+    A bad image is a problem naming ``field``; no room in the budget in time is 503 ``busy``.
+    """
     data = await read_upload(upload)
     try:
-        with await run_in_threadpool(open_upload, data, services.settings) as opened:
-            async with services.pixel_budget.hold(opened.decoded_pixels):
-                return await run_in_threadpool(opened.decode)
+        opened = await run_in_threadpool(open_upload, data, services.settings)
     except ImageDecodeError as exc:
-        raise ApiError(
-            decode_status(exc),
-            exc.code,
-            f"{field}: {exc.detail}",
-            errors=[FieldError(field, exc.detail, exc.code)],
-        ) from None
-    except PixelBudgetBusyError as exc:
-        raise busy_error(exc) from None
+        raise _decode_problem(exc, field) from None
+    with opened:
+        try:
+            async with services.pixel_budget.hold(opened.decoded_pixels):
+                yield await _decoded(opened, field)
+        except PixelBudgetBusyError as exc:  # only the reservation raises it
+            raise busy_error(exc) from None
+
+
+async def _decoded(opened: OpenedImage, field: str) -> ImageArray:
+    try:
+        return await run_in_threadpool(opened.decode)
+    except ImageDecodeError as exc:
+        raise _decode_problem(exc, field) from None
+
+
+def _decode_problem(exc: ImageDecodeError, field: str) -> ApiError:
+    errors = [FieldError(field, exc.detail, exc.code)]
+    return ApiError(decode_status(exc), exc.code, f"{field}: {exc.detail}", errors=errors)
 
 
 def check_image_count(uploads: Sequence[UploadFile], field: str, settings: Settings) -> None:

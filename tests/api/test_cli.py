@@ -54,6 +54,15 @@ def test_keys_create_list_revoke(data_dir: Path, capsys: pytest.CaptureFixture[s
     assert "revoked" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name", ["a\x00b", "line\nbreak", "\x1b[31mred", "evil\u202etxt", "cr\r", "\ud800"])
+def test_keys_create_refuses_names_the_api_refuses(
+    name: str, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keys", "create", "--scopes", "read", "--name", name]) == 1
+    assert "--name:" in capsys.readouterr().err
+    assert KeyStore.in_data_dir(data_dir).list() == []  # nothing was created
+
+
 def test_keys_errors_exit_1(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["keys", "create", "--scopes", "superuser"]) == 1
     assert "unknown scope" in capsys.readouterr().err

@@ -8,6 +8,8 @@ decode's (same identity, cosine close). The budget tests run the real app with a
 from __future__ import annotations
 
 import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +122,40 @@ def test_enrollment_within_a_tiny_budget_waits_and_enrolls_every_image(
         assert response.status_code == 201, response.text
         assert response.json()["accepted"] == 8
         assert client.get(f"/v1/subjects/{subject}", headers=admin_headers()).json()["face_count"] == 8
+
+
+def test_single_image_routes_hold_the_budget_until_they_answer_and_then_release_it(
+    tmp_path: Path, default_pack_dir: Path, shared_faces: Path
+) -> None:
+    # Budget of one (small) image, no waiting: while one /v1/embed decodes, detects and embeds, the
+    # others find the budget taken (503 busy); every answer, an error one too, gives it back.
+    photo = (shared_faces / "deepface_testset" / "Angelina" / "img1.jpg").read_bytes()
+    blank = io.BytesIO()
+    Image.new("RGB", (200, 200), (90, 140, 200)).save(blank, "JPEG")
+    with running_app(
+        tmp_path, default_pack_dir, decode_pixel_budget=1024, decode_budget_wait_s=0.0
+    ) as client:
+
+        def embed(data: bytes) -> int:
+            files = [("image", ("p.jpg", data, "image/jpeg"))]
+            return client.post("/v1/embed", files=files, headers=admin_headers()).status_code
+
+        barrier = threading.Barrier(6)
+
+        def racing() -> int:
+            barrier.wait()
+            return embed(photo)
+
+        with ThreadPoolExecutor(6) as pool:
+            statuses = list(pool.map(lambda _: racing(), range(6)))
+        assert set(statuses) == {200, 503}
+        for route in ("/v1/detect", "/v1/embed", "/v1/identify"):  # no face: 200 or 422 inside the hold
+            files = [("image", ("blank.jpg", blank.getvalue(), "image/jpeg"))]
+            assert client.post(route, files=files, headers=admin_headers()).status_code in (200, 422)
+        pair = [
+            ("image_a", ("a.jpg", photo, "image/jpeg")),
+            ("image_b", ("b.jpg", blank.getvalue(), "image/jpeg")),
+        ]
+        verify = client.post("/v1/verify", files=pair, headers=admin_headers())
+        assert verify.status_code in (422, 503)  # b has no face; or a and b together exceed the budget
+        assert [embed(photo) for _ in range(3)] == [200, 200, 200]  # nothing stayed reserved

@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, UploadFile
 
 from service.api.deps import ReadAccess, Services
 from service.api.faces_work import detect_faces
-from service.api.images import load_image
+from service.api.images import held_image
 from service.api.presenters import box_of, landmarks_of, quality_of
 from service.api.responses import IMAGE_ERRORS
 from service.api.schemas import DetectedFaceOut, DetectResponse, ImageSize
@@ -22,10 +22,10 @@ async def detect(
     services: Services,
     _: ReadAccess,
 ) -> DetectResponse:
-    pixels = await load_image(image, "image", services)
-    faces = await detect_faces(services.pipeline, pixels)
+    async with held_image(image, "image", services) as pixels:
+        faces = await detect_faces(services.pipeline, pixels)
+        height, width = pixels.shape[:2]
     services.metrics.faces_detected.inc(len(faces))
-    height, width = pixels.shape[:2]
     return DetectResponse(
         image=ImageSize(width=width, height=height),
         faces=[

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, UploadFile
 
 from service.api.deps import ReadAccess, Services
-from service.api.images import load_image
+from service.api.images import held_image
 from service.api.presenters import box_of
 from service.api.responses import IMAGE_ERRORS
 from service.api.schemas import EmbeddedFaceOut, EmbedResponse
@@ -21,8 +21,8 @@ async def embed(
     services: Services,
     _: ReadAccess,
 ) -> EmbedResponse:
-    pixels = await load_image(image, "image", services)
-    faces = await services.pipeline.analyze(pixels)
+    async with held_image(image, "image", services) as pixels:
+        faces = await services.pipeline.analyze(pixels)
     services.metrics.faces_detected.inc(len(faces))
     services.metrics.faces_embedded.inc(len(faces))
     return EmbedResponse(

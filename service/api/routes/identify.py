@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ReadAccess, Services
-from service.api.images import load_image
+from service.api.images import held_image
 from service.api.params import FacePolicyForm, ThresholdForm, ThresholdQuery
 from service.api.presenters import box_of, readable_name, similarity_of
 from service.api.responses import IMAGE_ERRORS
@@ -47,11 +47,11 @@ async def identify(
 ) -> IdentifyResponse:
     threshold = services.thresholds.resolve(threshold_form if threshold_form is not None else threshold_query)
     k = top_k if top_k is not None else services.settings.identify_top_k
-    pixels = await load_image(image, "image", services)
     policy = face_policy or services.settings.face_policy
-    faces = await (
-        _chosen_only(services, pixels, policy) if largest_only else services.pipeline.analyze(pixels)
-    )
+    async with held_image(image, "image", services) as pixels:
+        faces = await (
+            _chosen_only(services, pixels, policy) if largest_only else services.pipeline.analyze(pixels)
+        )
     services.metrics.faces_detected.inc(len(faces))
     services.metrics.faces_embedded.inc(len(faces))
     candidates = (

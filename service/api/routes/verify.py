@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from typing import Annotated
 
@@ -12,14 +11,15 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ReadAccess, Services
 from service.api.errors import ApiError, FieldError
-from service.api.images import load_image
+from service.api.gather import gather_all
+from service.api.images import held_image
 from service.api.params import FacePolicyForm, ThresholdForm, ThresholdQuery
 from service.api.presenters import box_of, readable_name, similarity_of
 from service.api.responses import IMAGE_ERRORS, NOT_FOUND, SUBJECT_HAS_NO_FACES
 from service.api.schemas import ComparedFace, SubjectRef, ThresholdOut, VerifyResponse
 from service.api.state import AppServices
 from service.pipeline.face_choice import FacePolicy
-from service.pipeline.types import EmbeddedFace
+from service.pipeline.types import EmbeddedFace, ImageArray
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
@@ -34,7 +34,17 @@ async def _chosen_face(
     index_field: str,
 ) -> tuple[EmbeddedFace, ComparedFace]:
     """Detect every face, then embed only the one at the given index, or else the policy's choice."""
-    pixels = await load_image(upload, field, services)
+    async with held_image(upload, field, services) as pixels:
+        return await _embed_chosen(services, pixels, field, choice, index_field)
+
+
+async def _embed_chosen(
+    services: AppServices,
+    pixels: ImageArray,
+    field: str,
+    choice: tuple[int | None, FacePolicy],
+    index_field: str,
+) -> tuple[EmbeddedFace, ComparedFace]:
     face_index, policy = choice
     # Full-size detection only: the response's face_index and faces_in_image count /v1/detect's faces,
     # which a coarse pass (that may miss some) could not.
@@ -113,7 +123,7 @@ async def verify(
     policy = face_policy or services.settings.face_policy
 
     if image_a is not None and image_b is not None:
-        (face_a, compared_a), (face_b, compared_b) = await asyncio.gather(
+        (face_a, compared_a), (face_b, compared_b) = await gather_all(
             _chosen_face(services, image_a, "image_a", (face_index_a, policy), "face_index_a"),
             _chosen_face(services, image_b, "image_b", (face_index_b, policy), "face_index_b"),
         )
