@@ -186,6 +186,7 @@ class KeyStore:
         conn = sqlite3.connect(self.path, timeout=10.0)
         try:
             conn.row_factory = sqlite3.Row
+            conn.text_factory = _decode_text
             # A rollback journal: read-only readers then need no -shm file (see the module doc).
             conn.execute("PRAGMA journal_mode=DELETE")
             conn.execute("PRAGMA synchronous=FULL")
@@ -201,6 +202,7 @@ class KeyStore:
         conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
         try:
             conn.row_factory = sqlite3.Row
+            conn.text_factory = _decode_text
             yield conn
         finally:
             conn.close()
@@ -293,3 +295,8 @@ class KeyStore:
             logger.warning("key %s refused: the key store %s could not be read: %s", key_id, self.path, error)
             return None
         return record if key_matches(presented, row["key_sha256"]) else None
+
+
+def _decode_text(data: bytes) -> str:
+    """Stored text as str even when it is not valid UTF-8 (a hand-edited row): a read never fails on it."""
+    return data.decode("utf-8", "backslashreplace")

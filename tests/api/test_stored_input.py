@@ -37,6 +37,7 @@ from service.api.input_limits import (
     MAX_NAME_CHARS,
 )
 from service.api.presenters import similarity_of
+from service.auth.keys import KeyStore
 from service.gallery.gallery import GALLERY_FILE
 from service.gallery.store import UNREADABLE_METADATA_KEY, GalleryStore
 from tests.api.conftest import Person, admin_headers, running_app
@@ -477,3 +478,25 @@ def test_an_image_compared_with_itself_scores_at_most_one(client: TestClient, jo
         assert face["candidates"][0]["subject_id"] == subject
         assert all(-1.0 <= c["similarity"] <= 1.0 for c in face["candidates"])
         assert 0.999 < face["candidates"][0]["similarity"] <= 1.0
+
+
+@pytest.mark.parametrize("raw_name", ["X'ff'", "X'eda080'", "X'6b696f736bc3'", "X'00'"])
+def test_key_names_that_are_not_valid_text_still_list(
+    tmp_path: Path, default_pack_dir: Path, raw_name: str
+) -> None:
+    # A key row written by hand (or an older version) whose name is not valid UTF-8: the key list and
+    # the key itself keep working, the name is shown escaped.
+    with running_app(tmp_path, default_pack_dir) as client:
+        created = client.post("/v1/keys", json={"name": "kiosk", "scopes": ["read"]}, headers=admin_headers())
+        assert created.status_code == 201, created.text
+        conn = sqlite3.connect(KeyStore.in_data_dir(tmp_path).path)
+        with conn:
+            conn.execute(
+                f"UPDATE api_keys SET name = CAST({raw_name} AS TEXT) WHERE id = ?", (created.json()["id"],)
+            )
+        conn.close()
+        listing = client.get("/v1/keys", headers=admin_headers())
+        assert listing.status_code == 200, listing.text
+        (row,) = [key for key in listing.json()["keys"] if key["id"] == created.json()["id"]]
+        assert row["name"].encode("utf-8")  # valid text
+        assert client.get("/v1/subjects", headers={"X-API-Key": created.json()["key"]}).status_code == 200

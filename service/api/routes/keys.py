@@ -7,6 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import AdminAccess, Services
 from service.api.errors import ApiError
+from service.api.presenters import readable_name
 from service.api.responses import AUTH_ERRORS, NOT_FOUND
 from service.api.schemas import KeyCreate, KeyCreated, KeyList, KeyOut
 from service.auth.keys import ApiKey, KeyStoreError
@@ -17,7 +18,7 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=AUTH_ERRORS)
 def key_out(record: ApiKey) -> KeyOut:
     return KeyOut(
         id=record.id,
-        name=record.name,
+        name=readable_name(record.name),
         scopes=sorted(record.scopes),
         created_at=record.created_at,
         revoked_at=record.revoked_at,
