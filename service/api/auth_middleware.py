@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
+from service.api.asgi import HttpMiddleware
 from service.api.deps import auth_failure_reason, presented_key, unauthenticated_error
 from service.api.errors import FieldError, problem_response_for_scope
 from service.api.log_filters import is_credential_parameter, normalized_parameter
@@ -16,7 +17,7 @@ def _declares_body(headers: Headers) -> bool:
     return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
 
 
-class EarlyAuthMiddleware:
+class EarlyAuthMiddleware(HttpMiddleware):
     """Refuse a request that carries a body and no valid key before a byte of the body is read.
 
     FastAPI parses the body (a multipart upload of many megabytes) before it runs the dependencies
@@ -24,13 +25,7 @@ class EarlyAuthMiddleware:
     connection, so the client need not send the body at all. Scopes are still checked by the route.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         services = scope.get("state", {}).get("services")
         if not _declares_body(headers) or not isinstance(services, AppServices):
@@ -57,20 +52,14 @@ class EarlyAuthMiddleware:
         await response(scope, receive, send)
 
 
-class CredentialsInUrlMiddleware:
+class CredentialsInUrlMiddleware(HttpMiddleware):
     """Refuse an API key (or anything named like a credential) in the query string with a 400.
 
     URLs are written to access logs, proxy logs and browser history; a key there is a leaked key.
     (The access log also redacts such values: service/api/log_filters.py.)
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         query = scope.get("query_string", b"").decode("latin-1")
         names = [part.partition("=")[0] for part in query.split("&") if part]
         credential = next((name for name in names if is_credential_parameter(name)), None)

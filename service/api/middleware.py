@@ -11,6 +11,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.asgi import HttpMiddleware
 from service.api.errors import REQUEST_ID_HEADER, problem_response_for_scope, request_id_of
 
 logger = logging.getLogger(__name__)
@@ -19,16 +20,10 @@ logger = logging.getLogger(__name__)
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-class RequestIdMiddleware:
+class RequestIdMiddleware(HttpMiddleware):
     """Take ``X-Request-ID`` from the caller (when sane) or generate one; echo it on every response."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         presented = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
         request_id = presented if _CLIENT_REQUEST_ID.fullmatch(presented) else uuid.uuid4().hex
         # The per-request state dict (a copy of the lifespan state) is shared by everything downstream.
@@ -52,17 +47,14 @@ class RequestTooLargeError(HTTPException):
         super().__init__(413, f"the request body exceeds the limit of {limit} bytes")
 
 
-class BodySizeLimitMiddleware:
+class BodySizeLimitMiddleware(HttpMiddleware):
     """Refuse bodies over ``max_bytes``: at once from Content-Length, else while streaming."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             detail = (
@@ -90,7 +82,7 @@ class BodySizeLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-class UnhandledErrorMiddleware:
+class UnhandledErrorMiddleware(HttpMiddleware):
     """Answer an unexpected exception with a 500 problem and keep the connection alive.
 
     Starlette's ServerErrorMiddleware sends its 500 and then re-raises, and uvicorn closes (resets)
@@ -99,13 +91,7 @@ class UnhandledErrorMiddleware:
     closing the connection ends half a response cleanly.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         response_started = False
 
         async def send_tracking(message: Message) -> None:
