@@ -15,7 +15,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.api.input_limits import unicode_problem
-from service.api.schemas import Box, FaceOut, Landmarks, Quality, SubjectOut
+from service.api.schemas import Box, FaceOut, KeyOut, Landmarks, Quality, SubjectOut
+from service.auth.keys import ApiKey
 from service.gallery.store import UNREADABLE_METADATA_KEY, FaceRecord, Subject
 from service.pipeline.types import DetectedFace, FaceQuality
 
@@ -127,3 +128,14 @@ def _stored_quality(quality: object) -> Quality | None:
         return Quality.model_validate(quality)
     except ValidationError:
         return None
+
+
+def key_out(record: ApiKey) -> KeyOut:
+    return KeyOut(
+        id=record.id,
+        name=readable_name(record.name),
+        scopes=sorted(record.scopes),
+        created_at=record.created_at,
+        revoked_at=record.revoked_at,
+        active=record.active,
+    )

@@ -7,23 +7,12 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import AdminAccess, Services
 from service.api.errors import ApiError
-from service.api.presenters import readable_name
+from service.api.presenters import key_out
 from service.api.responses import AUTH_ERRORS, NOT_FOUND
 from service.api.schemas import KeyCreate, KeyCreated, KeyList, KeyOut
-from service.auth.keys import ApiKey, KeyStoreError
+from service.auth.keys import KeyStoreError
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=AUTH_ERRORS)
-
-
-def key_out(record: ApiKey) -> KeyOut:
-    return KeyOut(
-        id=record.id,
-        name=readable_name(record.name),
-        scopes=sorted(record.scopes),
-        created_at=record.created_at,
-        revoked_at=record.revoked_at,
-        active=record.active,
-    )
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create an API key (returned once)")
