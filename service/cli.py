@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from service.api.input_limits import check_name
 from service.auth.keys import KeyStore, KeyStoreError, parse_scopes
+from service.command_hints import command_hint
 from service.settings import Settings, load_settings
 
 logger = logging.getLogger("service.cli")
@@ -110,7 +111,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
             report = check_gallery(settings.data_dir)
             describe(report)
             if not report.ok:
-                print("run `face-service check --repair` (service stopped) to move the bad parts aside")
+                repair = command_hint("face-service", "check", "--repair", data_dir=settings.data_dir)
+                print(f"run `{repair}` (service stopped) to move the bad parts aside")
             return 0 if report.ok else 1
         repaired = repair_gallery(settings.data_dir)
     except (GalleryError, OSError) as exc:
