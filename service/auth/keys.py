@@ -27,6 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from service.private_files import ensure_private_dir, ensure_private_file
+from service.sqlite_text import lenient_text
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class KeyStore:
         conn = sqlite3.connect(self.path, timeout=10.0)
         try:
             conn.row_factory = sqlite3.Row
-            conn.text_factory = _decode_text
+            conn.text_factory = lenient_text
             # A rollback journal: read-only readers then need no -shm file (see the module doc).
             conn.execute("PRAGMA journal_mode=DELETE")
             conn.execute("PRAGMA synchronous=FULL")
@@ -202,7 +203,7 @@ class KeyStore:
         conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
         try:
             conn.row_factory = sqlite3.Row
-            conn.text_factory = _decode_text
+            conn.text_factory = lenient_text
             yield conn
         finally:
             conn.close()
@@ -295,8 +296,3 @@ class KeyStore:
             logger.warning("key %s refused: the key store %s could not be read: %s", key_id, self.path, error)
             return None
         return record if key_matches(presented, row["key_sha256"]) else None
-
-
-def _decode_text(data: bytes) -> str:
-    """Stored text as str even when it is not valid UTF-8 (a hand-edited row): a read never fails on it."""
-    return data.decode("utf-8", "backslashreplace")

@@ -89,12 +89,12 @@ def verify_store(store: GalleryStore) -> None:
 
 def _searchable_embeddings(store: GalleryStore) -> tuple[IntArray, FloatArray]:
     """All (ids, embeddings), refusing rows that would poison the index (wrong length, NaN)."""
-    bad = store.bad_rows()
+    ids, vectors, bad = store.searchable_embeddings()
     if bad:
         shown = "; ".join(f"face #{row.index_id}: {row.reason}" for row in bad[:3])
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise GalleryCorruptError(store.path, f"{len(bad)} unusable face rows ({shown}{more})")
-    return store.all_embeddings()
+    return ids, vectors
 
 
 class DataDirLock:

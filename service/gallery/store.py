@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from service.pipeline.types import EmbeddedFace, FloatArray, ImageArray
 from service.private_files import ensure_private_file
+from service.sqlite_text import lenient_text
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
@@ -288,10 +289,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def _decode_text(data: bytes) -> str:
-    return data.decode("utf-8", "backslashreplace")
-
-
 def _encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
 
@@ -329,7 +326,7 @@ class GalleryStore:
         self._conn.row_factory = sqlite3.Row
         # A TEXT value that isn't UTF-8 (a hand edit, another tool) is read with its bad bytes
         # escaped instead of failing every read of that row; valid UTF-8 reads unchanged.
-        self._conn.text_factory = _decode_text
+        self._conn.text_factory = lenient_text
         try:
             self._configure()
             self._create_schema()
@@ -399,23 +396,38 @@ class GalleryStore:
 
     def bad_rows(self) -> list[BadRow]:
         """Faces that cannot be searched: wrong-length or non-finite embeddings, or no subject."""
+        return self.searchable_embeddings()[2]
+
+    def searchable_embeddings(self) -> tuple[IntArray, FloatArray, list[BadRow]]:
+        """(index_ids, embeddings) of every searchable face, and the faces that are not, in one read."""
         pin = self._require_pin()
         size = 4 * pin.embedding_size
-        bad: list[BadRow] = []
         with self._lock:
             rows = self._conn.execute(
                 "SELECT f.index_id, f.embedding, s.id IS NULL AS orphan FROM faces f "
                 "LEFT JOIN subjects s ON s.id = f.subject_id ORDER BY f.index_id"
-            )
-            for index_id, blob, orphan in rows:
-                if not isinstance(blob, bytes) or len(blob) != size:
-                    length = len(blob) if isinstance(blob, bytes | str) else type(blob).__name__
-                    bad.append(BadRow(index_id, f"embedding of {length} bytes, need {size}"))
-                elif not np.all(np.isfinite(np.frombuffer(blob, dtype="<f4"))):
-                    bad.append(BadRow(index_id, "embedding has NaN or infinite values"))
-                elif orphan:
-                    bad.append(BadRow(index_id, "its subject does not exist"))
-        return bad
+            ).fetchall()
+        bad: list[BadRow] = []
+        sized_ids: list[int] = []
+        blobs: list[bytes] = []
+        orphan: list[bool] = []
+        for index_id, blob, no_subject in rows:
+            if isinstance(blob, bytes) and len(blob) == size:
+                sized_ids.append(index_id)
+                blobs.append(blob)
+                orphan.append(bool(no_subject))
+            else:
+                length = len(blob) if isinstance(blob, bytes | str) else type(blob).__name__
+                bad.append(BadRow(index_id, f"embedding of {length} bytes, need {size}"))
+        ids = np.asarray(sized_ids, dtype=np.int64)
+        matrix = _matrix(blobs, pin.embedding_size)
+        finite = np.isfinite(matrix).all(axis=1)  # one vectorised pass over every embedding
+        orphaned = np.asarray(orphan, dtype=bool) & finite
+        bad += [BadRow(int(i), "embedding has NaN or infinite values") for i in ids[~finite]]
+        bad += [BadRow(int(i), "its subject does not exist") for i in ids[orphaned]]
+        bad.sort(key=lambda row: row.index_id)
+        keep = finite & ~orphaned
+        return ids[keep], matrix[keep], bad
 
     def quarantine(self, bad: Sequence[BadRow]) -> int:
         """Move ``bad`` faces (with their crops) into ``quarantined_faces``, in one transaction.
