@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import unicodedata
+from collections.abc import Iterator
 from typing import Any
 
 MAX_NAME_CHARS = 256
@@ -54,35 +55,43 @@ def check_name(name: str) -> str:
     return name
 
 
+def walk_json(root: object, name: str = "metadata") -> Iterator[tuple[str, object, int]]:
+    """Every value of a JSON-like tree (the root at depth 1) with its path, iteratively: no recursion.
+
+    Lazy: a consumer that stops (or raises) at a value never makes the walk descend below it.
+    """
+    stack: list[tuple[str, object, int]] = [(name, root, 1)]
+    while stack:
+        path, value, depth = stack.pop()
+        yield path, value, depth
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{key}", item, depth + 1) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item, depth + 1) for i, item in enumerate(value))
+
+
 def check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     """``metadata`` unchanged, or ValueError naming the first offending path and why.
 
-    Walks the tree iteratively (no recursion, whatever the nesting) and stops as soon as a limit
-    is passed, so a huge or deeply nested body costs no more than the limits allow.
+    Stops as soon as a limit is passed, so a huge or deeply nested body costs no more than the
+    limits allow.
     """
-    stack: list[tuple[str, Any, int]] = [("metadata", metadata, 1)]
     keys = 0
     size = 0  # a lower bound of the JSON size while walking; the exact size is checked at the end
-    while stack:
-        path, value, depth = stack.pop()
+    for path, value, depth in walk_json(metadata):
         size += 1
         if size > MAX_METADATA_BYTES:
             break
+        if isinstance(value, dict | list) and depth > MAX_METADATA_DEPTH:
+            raise ValueError(f"{path}: nested more than {MAX_METADATA_DEPTH} levels deep")
         if isinstance(value, dict):
-            if depth > MAX_METADATA_DEPTH:
-                raise ValueError(f"{path}: nested more than {MAX_METADATA_DEPTH} levels deep")
             keys += len(value)
             if keys > MAX_METADATA_KEYS:
                 raise ValueError(f"more than {MAX_METADATA_KEYS} keys in all (objects nested included)")
-            for key, item in value.items():
+            for key in value:
                 _check_key(path, key)
                 size += len(key)
-                stack.append((f"{path}.{key}", item, depth + 1))
-        elif isinstance(value, list):
-            if depth > MAX_METADATA_DEPTH:
-                raise ValueError(f"{path}: nested more than {MAX_METADATA_DEPTH} levels deep")
-            stack.extend((f"{path}[{i}]", item, depth + 1) for i, item in enumerate(value))
-        else:
+        elif not isinstance(value, list):
             size += _check_scalar(path, value)
     if size > MAX_METADATA_BYTES or _json_size(metadata) > MAX_METADATA_BYTES:
         raise ValueError(f"larger than {MAX_METADATA_BYTES} bytes as compact UTF-8 JSON")

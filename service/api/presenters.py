@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.api.input_limits import unicode_problem
+from service.api.input_limits import unicode_problem, walk_json
 from service.api.schemas import Box, FaceOut, KeyOut, Landmarks, Quality, SubjectOut
 from service.auth.keys import ApiKey
 from service.gallery.store import UNREADABLE_METADATA_KEY, FaceRecord, Subject
@@ -74,26 +74,20 @@ def readable_metadata(metadata: object) -> dict[str, Any]:
 
 
 def _unreturnable(metadata: dict[str, Any]) -> str | None:
-    """Why ``metadata`` can't be serialized as JSON, or None (an iterative walk: no recursion)."""
-    stack: list[tuple[str, object, int]] = [("metadata", metadata, 1)]
-    while stack:
-        path, value, depth = stack.pop()
+    """Why ``metadata`` can't be serialized as JSON, or None."""
+    for path, value, depth in walk_json(metadata):
         if isinstance(value, dict | list) and depth > _MAX_RETURNED_DEPTH:
             return f"{path}: nested more than {_MAX_RETURNED_DEPTH} levels"
         if isinstance(value, dict):
-            for key, item in value.items():
-                if not isinstance(key, str) or unicode_problem(key) is not None:
-                    return f"{path}: a key is not valid Unicode text"
-                stack.append((f"{path}.{key}", item, depth + 1))
-        elif isinstance(value, list):
-            stack.extend((f"{path}[{i}]", item, depth + 1) for i, item in enumerate(value))
+            if any(not isinstance(key, str) or unicode_problem(key) is not None for key in value):
+                return f"{path}: a key is not valid Unicode text"
         elif isinstance(value, str):
             if unicode_problem(value) is not None:
                 return f"{path}: not valid Unicode"
         elif isinstance(value, float):
             if not math.isfinite(value):
                 return f"{path}: {value} is not a JSON number"
-        elif value is not None and not isinstance(value, int):
+        elif value is not None and not isinstance(value, int | list):
             return f"{path}: {type(value).__name__} is not a JSON value"
     return None
 
