@@ -44,7 +44,7 @@ PROVENANCE: Final = Provenance(
     notes=(
         "SFace (Zhong et al., 'SFace: Sigmoid-Constrained Hypersphere Loss for Robust Face Recognition', "
         "2021), OpenCV zoo face_recognition_sface_2021dec, int8 block-quantized build; graph inputs "
-        "reduced to 'data' and weights dequantized to fp32 offline (no weight changed)."
+        "reduced to 'data' and weights dequantized to fp32 offline (the values the int8 graph computes)."
     ),
 )
 
@@ -79,11 +79,11 @@ class SFaceParity:
     min_cosine: float
 
 
-def embed_raw(path: Path, inputs: np.ndarray) -> np.ndarray:
+def embed_raw(model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:
     """The graph's raw (not normalized) output on N×3×112×112 raw RGB inputs, one CPU thread."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0])
 
 
