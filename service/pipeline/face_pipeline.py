@@ -22,7 +22,7 @@ from service.pipeline.embed import Embedder
 from service.pipeline.embed_ensemble import EnsembleEmbedder, WeightedMember
 from service.pipeline.face_choice import FacePolicy, choose_face
 from service.pipeline.quality import assess_quality
-from service.pipeline.runtime import RuntimeOptions, create_session
+from service.pipeline.runtime import CPU, RuntimeOptions, create_session
 from service.pipeline.types import AlignedFace, DetectedFace, EmbeddedFace, FloatArray, ImageArray
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def resolved_batch_max_size(configured: int, embedder_providers: list[str]) -> i
     """``configured`` when set, else the cap that suits the provider the embedder runs on."""
     if configured > 0:
         return configured
-    on_cpu = not embedder_providers or embedder_providers[0] == "CPUExecutionProvider"
+    on_cpu = not embedder_providers or embedder_providers[0] == CPU
     return CPU_BATCH_MAX_SIZE if on_cpu else ACCELERATOR_BATCH_MAX_SIZE
 
 

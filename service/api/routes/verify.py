@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Annotated
 
 import numpy as np
@@ -48,9 +47,8 @@ async def _embed_chosen(
     face_index, policy = choice
     # Full-size detection only: the response's face_index and faces_in_image count /v1/detect's faces,
     # which a coarse pass (that may miss some) could not.
-    faces, chosen_index = await run_in_threadpool(
-        functools.partial(services.pipeline.detect_chosen, coarse=False), pixels, policy
-    )
+    detect = services.pipeline.detect_chosen
+    faces, chosen_index = await run_in_threadpool(detect, pixels, policy, coarse=False)
     services.metrics.faces_detected.inc(len(faces))
     if chosen_index is None:
         raise ApiError(
