@@ -7,7 +7,7 @@ from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from service.api.asgi import HttpMiddleware
-from service.api.deps import auth_failure_reason, presented_key, unauthenticated_error
+from service.api.deps import AUTHENTICATED_STATE, auth_failure_reason, presented_key, unauthenticated_error
 from service.api.errors import FieldError, problem_response_for_scope
 from service.api.log_filters import is_credential_parameter, normalized_parameter
 from service.api.state import AppServices
@@ -38,6 +38,8 @@ class EarlyAuthMiddleware(HttpMiddleware):
             await self.app(scope, receive, send)
             return
         if principal is not None:
+            # The route's dependency takes this answer instead of reading the key store again.
+            scope["state"][AUTHENTICATED_STATE] = principal
             await self.app(scope, receive, send)
             return
         error = unauthenticated_error(presented)

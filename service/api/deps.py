@@ -31,6 +31,10 @@ def get_services(request: Request) -> AppServices:
 Services = Annotated[AppServices, Depends(get_services)]
 
 
+# Request-state key under which EarlyAuthMiddleware leaves the Principal it authenticated.
+AUTHENTICATED_STATE = "authenticated_principal"
+
+
 def presented_key(headers: Headers) -> str | None:
     """The key from ``X-API-Key`` or ``Authorization: Bearer`` (as the dependencies read it)."""
     api_key = headers.get("x-api-key")
@@ -63,13 +67,17 @@ def require_scope(needed: Scope) -> Callable[..., Principal]:
     """A dependency that authenticates the caller and checks ``needed`` (admin implies every scope)."""
 
     def dependency(
+        request: Request,
         services: Services,
         api_key: Annotated[str | None, Depends(_api_key_header)],
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
         presented = api_key or (bearer.credentials if bearer is not None else None)
         # A sync dependency: FastAPI runs it in the thread pool, so the key lookup never blocks the loop.
-        principal = services.authenticator.authenticate(presented)
+        # Requests with a body were authenticated already, before it was read (EarlyAuthMiddleware).
+        principal = getattr(request.state, AUTHENTICATED_STATE, None) or services.authenticator.authenticate(
+            presented
+        )
         if principal is None:
             error = unauthenticated_error(presented)
             services.metrics.auth_failures.labels(reason=auth_failure_reason(error)).inc()
