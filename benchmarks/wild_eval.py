@@ -42,10 +42,10 @@ from service.evaluation.image_files import read_image
 from service.evaluation.metrics import threshold_at_far, tpir_at_fpir, verification_report
 from service.evaluation.pairs import identity_folders
 from service.packs.loader import LoadedPack, load_pack
-from service.pipeline.face_choice import FacePolicy, choose_face
+from service.pipeline.face_choice import choose_face
 from service.pipeline.face_pipeline import FacePipeline
 from service.pipeline.types import EmbeddedFace, ImageArray
-from service.settings import Settings
+from service.settings import FacePolicy, Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO_ROOT.parent / "shared" / "data" / "faces" / "celeba_wild"

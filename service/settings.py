@@ -9,8 +9,6 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.pipeline.face_choice import FacePolicy
-
 
 def _xdg_dir(env_name: str, fallback: str) -> Path:
     base = os.environ.get(env_name)
@@ -25,6 +23,14 @@ def default_data_dir() -> Path:
 def default_models_dir() -> Path:
     """Model packs; built packs are a cache that can be rebuilt at any time."""
     return _xdg_dir("XDG_CACHE_HOME", ".cache") / "face-service" / "models"
+
+
+class FacePolicy(StrEnum):
+    """Which face of a photo is "the" face (ranked in ``service.pipeline.face_choice``)."""
+
+    LARGEST = "largest"
+    CENTRE = "centre"
+    SCORE = "score"
 
 
 class ExecutionDevice(StrEnum):

@@ -21,11 +21,12 @@ from service.api.images import busy_error, open_upload, read_upload
 from service.api.state import AppServices
 from service.gallery.store import NewFace, StoredCrop
 from service.pipeline.decode import ImageDecodeError, OpenedImage
-from service.pipeline.face_choice import FacePolicy, choose_face
+from service.pipeline.face_choice import choose_face
 from service.pipeline.face_pipeline import FacePipeline
 from service.pipeline.pixel_budget import PixelBudgetBusyError
 from service.pipeline.quality import QualityBars, Rejection, enrollment_rejection
 from service.pipeline.types import AlignedFace, ImageArray
+from service.settings import FacePolicy
 
 
 @dataclass(frozen=True)

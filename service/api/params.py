@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Form, Query
 
-from service.pipeline.face_choice import FacePolicy
+from service.settings import FacePolicy
 
 _THRESHOLD_HELP = 'operating point name (e.g. "default", "far=1e-3") or a cosine value in [-1, 1]'
 

@@ -68,8 +68,7 @@ from service.evaluation.verification import (
 )
 from service.packs.loader import LoadedPack, PackError, load_pack
 from service.pipeline.decode import ImageDecodeError
-from service.pipeline.face_choice import FacePolicy
-from service.settings import Settings
+from service.settings import FacePolicy, Settings
 
 # Errors that mean "bad input": one line on stderr and exit status 2, no traceback.
 _USER_ERRORS: tuple[type[Exception], ...] = (

@@ -26,8 +26,8 @@ from service.evaluation.embedding_cache import (
     pack_fingerprint,
 )
 from service.evaluation.image_files import read_image
-from service.pipeline.face_choice import FacePolicy
 from service.pipeline.types import FloatArray, ImageArray
+from service.settings import FacePolicy
 
 if TYPE_CHECKING:
     from service.packs.loader import LoadedPack

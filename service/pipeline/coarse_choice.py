@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from service.pipeline.detect import FaceDetector
-from service.pipeline.face_choice import FacePolicy, choose_face, outranks_any_face_smaller_than
+from service.pipeline.face_choice import choose_face, outranks_any_face_smaller_than
 from service.pipeline.types import DetectedFace, ImageArray
+from service.settings import FacePolicy
 
 # Faces below this many pixels (shorter side, in the coarse input) may be missed at coarse size:
 # twice the smallest RetinaFace/YuNet/SCRFD anchor (16 px).

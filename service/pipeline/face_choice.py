@@ -17,20 +17,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from enum import StrEnum
 from types import MappingProxyType
 
 from service.pipeline.types import DetectedFace
+from service.settings import FacePolicy
 
 # A box may reach this far past the border (fraction of its own size) and still count as in frame:
 # detectors draw boxes a little larger than the face.
 _BORDER_TOLERANCE = 0.05
-
-
-class FacePolicy(StrEnum):
-    LARGEST = "largest"
-    CENTRE = "centre"
-    SCORE = "score"
 
 
 def _largest(face: DetectedFace, width: int, height: int) -> float:

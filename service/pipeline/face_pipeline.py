@@ -20,10 +20,11 @@ from service.pipeline.coarse_choice import CoarsePass
 from service.pipeline.detect import DetectionOptions, FaceDetector, build_detector
 from service.pipeline.embed import Embedder
 from service.pipeline.embed_ensemble import EnsembleEmbedder, WeightedMember
-from service.pipeline.face_choice import FacePolicy, choose_face
+from service.pipeline.face_choice import choose_face
 from service.pipeline.quality import assess_quality
 from service.pipeline.runtime import CPU, RuntimeOptions, create_session
 from service.pipeline.types import AlignedFace, DetectedFace, EmbeddedFace, FloatArray, ImageArray
+from service.settings import FacePolicy
 
 if TYPE_CHECKING:
     from service.packs.loader import LoadedPack

@@ -19,10 +19,9 @@ from PIL import Image
 from service.api.images import open_upload
 from service.packs.loader import load_pack
 from service.pipeline.decode import decode_image
-from service.pipeline.face_choice import FacePolicy
 from service.pipeline.face_pipeline import FacePipeline
 from service.pipeline.types import ImageArray
-from service.settings import Settings
+from service.settings import FacePolicy, Settings
 from tests.api.conftest import admin_headers, running_app
 
 pytestmark = pytest.mark.slow

@@ -13,8 +13,7 @@ import pytest
 
 import benchmarks.wild_eval as wild
 from service.packs.loader import LoadedPack, load_pack
-from service.pipeline.face_choice import FacePolicy
-from service.settings import Settings
+from service.settings import FacePolicy, Settings
 
 
 @pytest.fixture(scope="module")

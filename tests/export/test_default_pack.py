@@ -21,9 +21,8 @@ from service.evaluation.image_files import read_image
 from service.packs.insightface import ARCFACE_TEMPLATE_112
 from service.packs.loader import load_pack, sha256_file
 from service.packs.manifest import ColorOrder, RetinaFaceDecoder
-from service.pipeline.face_choice import FacePolicy
 from service.pipeline.face_pipeline import FacePipeline
-from service.settings import Settings
+from service.settings import FacePolicy, Settings
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ import pytest
 from export.ensemble_pack import SFACE_SHARE, build_ensemble_pack, calibration
 from service.evaluation.image_files import read_image
 from service.packs.loader import load_pack
-from service.pipeline.face_choice import FacePolicy
 from service.pipeline.face_pipeline import FacePipeline
-from service.settings import Settings
+from service.settings import FacePolicy, Settings
 
 PEOPLE = ["Jennifer", "Elon", "Mark", "Sundar"]
 

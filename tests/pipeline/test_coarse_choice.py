@@ -12,10 +12,10 @@ from PIL import Image
 from service.evaluation.image_files import read_image
 from service.packs.loader import load_pack
 from service.pipeline.coarse_choice import MISSED_SIDE_PX, CoarsePass
-from service.pipeline.face_choice import FacePolicy, choose_face, outranks_any_face_smaller_than
+from service.pipeline.face_choice import choose_face, outranks_any_face_smaller_than
 from service.pipeline.face_pipeline import FacePipeline
 from service.pipeline.types import DetectedFace, ImageArray
-from service.settings import Settings
+from service.settings import FacePolicy, Settings
 
 SIZE = (640, 480)
 PORTRAIT = "deepface_testset/Jennifer/img53.jpg"  # the peer benchmark's one-face photo (1100×825)

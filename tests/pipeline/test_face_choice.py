@@ -9,10 +9,10 @@ import pytest
 
 from service.evaluation.image_files import read_image
 from service.packs.loader import load_pack
-from service.pipeline.face_choice import FacePolicy, choose_face, doubtful_faces, rank_faces
+from service.pipeline.face_choice import choose_face, doubtful_faces, rank_faces
 from service.pipeline.face_pipeline import FacePipeline
 from service.pipeline.types import DetectedFace
-from service.settings import Settings
+from service.settings import FacePolicy, Settings
 
 SIZE = (640, 480)
 # celeba_wild photos whose largest face is not the labelled person (found by comparing each face with

@@ -15,8 +15,8 @@ from service.api.presenters import box_of, readable_name, similarity_of
 from service.api.responses import IMAGE_ERRORS
 from service.api.schemas import CandidateOut, IdentifiedFaceOut, IdentifyResponse, ThresholdOut
 from service.api.state import AppServices
-from service.pipeline.face_choice import FacePolicy
 from service.pipeline.types import EmbeddedFace, ImageArray
+from service.settings import FacePolicy
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 

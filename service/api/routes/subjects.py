@@ -25,7 +25,7 @@ from service.api.schemas import (
     SubjectUpdate,
 )
 from service.gallery.store import Subject
-from service.pipeline.face_choice import FacePolicy
+from service.settings import FacePolicy
 
 router = APIRouter(prefix="/v1/subjects", tags=["gallery"], responses=AUTH_ERRORS)
 

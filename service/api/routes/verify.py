@@ -17,8 +17,8 @@ from service.api.presenters import box_of, readable_name, similarity_of
 from service.api.responses import IMAGE_ERRORS, NOT_FOUND, SUBJECT_HAS_NO_FACES
 from service.api.schemas import ComparedFace, SubjectRef, ThresholdOut, VerifyResponse
 from service.api.state import AppServices
-from service.pipeline.face_choice import FacePolicy
 from service.pipeline.types import EmbeddedFace, ImageArray
+from service.settings import FacePolicy
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
