@@ -43,7 +43,8 @@ from benchmarks.synthetic_gallery import (
     measure_identity_statistics,
     pair_cosines,
 )
-from service.gallery.index import FaceIndex, IndexOptions, faiss_gpu_available
+from service.gallery.faiss_index import FaissIndex, faiss_gpu_available
+from service.gallery.index import IndexOptions
 from service.packs.loader import LoadedPack, load_pack, resolve_pack_dir
 from service.pipeline.embed import Embedder
 from service.pipeline.face_pipeline import FacePipeline, resolved_batch_max_size
@@ -377,10 +378,10 @@ def _search_one_size(
 ) -> SearchResult:
     size, dim = vectors.shape
     k = settings.identify_top_k
-    log(f"1:N search: building the FaceIndex of {size:,} vectors")
+    log(f"1:N search: building the FaissIndex of {size:,} vectors")
     rss_before = _rss_mb()
     started = time.perf_counter()
-    index = FaceIndex.build(dim, np.arange(size, dtype=np.int64), vectors, options)
+    index = FaissIndex.build(dim, np.arange(size, dtype=np.int64), vectors, options)
     build_s = time.perf_counter() - started
     rss_after = _rss_mb()
     for query in queries[:10]:  # warm caches and the HNSW entry points

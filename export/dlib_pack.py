@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from export.pack_cache import PackRecipe, build_cached
+from service.packs.conventions import DLIB_150
 from service.packs.manifest import Calibration, OperatingPoint, PackManifest
-
-if TYPE_CHECKING:
-    from export.pack_writer import ChipConvention
 
 # Torch and the converters are imported only when a build is needed: a cached pack is checked
 # (sha256 of every file) in well under a second.
@@ -51,21 +48,6 @@ THRESHOLD_SOURCE = (
 )
 
 
-def dlib150_convention() -> ChipConvention:
-    """dlib's chips: 150×150, ``get_face_chip(..., 150, 0.25)`` geometry, RGB (x − mean) / 256."""
-    from export.chip_template import DLIB_CHIP_TEMPLATE_150, DLIB_CHIP_TEMPLATE_150_DERIVATION
-    from export.dlib_convert import DLIB_RESNET_CONVENTIONS
-    from export.pack_writer import ChipConvention, five_point_template
-
-    return ChipConvention(
-        name="dlib150",
-        input_size=DLIB_RESNET_CONVENTIONS.input_size,
-        template=five_point_template(DLIB_CHIP_TEMPLATE_150),
-        template_derivation=DLIB_CHIP_TEMPLATE_150_DERIVATION,
-        normalization=DLIB_RESNET_CONVENTIONS.normalization(),
-    )
-
-
 def shared_dlib_chips() -> Path | None:
     """``../shared/data/faces/dlib_johns`` beside the source tree, when present (extra parity data)."""
     candidate = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces" / "dlib_johns"
@@ -83,14 +65,11 @@ def build_dlib_pack(out_dir: Path, *, force: bool = False) -> Path:
 
 def _recipe_difference(manifest: PackManifest) -> str | None:
     """A declared convention that differs from what this code would write now (cheap: no torch)."""
-    from export.chip_template import DLIB_CHIP_TEMPLATE_150, DLIB_CHIP_TEMPLATE_150_DERIVATION
-
     embedder = manifest.embedder
-    template = tuple(tuple(float(v) for v in point) for point in DLIB_CHIP_TEMPLATE_150)
     default = manifest.calibration.operating_points["default"]
     checks = {
-        "chip template": (embedder.template, template),
-        "template derivation": (embedder.template_derivation, DLIB_CHIP_TEMPLATE_150_DERIVATION),
+        "chip template": (embedder.template, DLIB_150.template),
+        "template derivation": (embedder.template_derivation, DLIB_150.template_derivation),
         "flip augmentation": (embedder.flip_augmentation, FLIP_AUGMENTATION),
         "default threshold": ((default.threshold, default.source), (DEFAULT_THRESHOLD, THRESHOLD_SOURCE)),
     }
@@ -113,7 +92,7 @@ def _build(out_dir: Path) -> None:
         load_dlib_resnet(),
         EmbedderPackRequest(
             out_dir=out_dir,
-            convention=dlib150_convention(),
+            convention=DLIB_150,
             embedding_size=conventions.embedding_size,
             id_prefix=PACK_ID_PREFIX,
             description=(

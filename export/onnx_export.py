@@ -51,7 +51,7 @@ def export_onnx(
         warnings.simplefilter("ignore", category=DeprecationWarning)
         # Shape-dependent Python branches (e.g. dlib's zero-padded residual add) are traced as
         # constants: right here, because the chip size is fixed. The parity check runs another batch.
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)  # type: ignore[attr-defined]
         # Strided slices are kept as Slice ops instead of folded: correct, and checked by parity.
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         torch.onnx.export(

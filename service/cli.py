@@ -37,17 +37,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: `keys` commands must not pay for onnxruntime and faiss start-up.
     from service.api.app import create_app
     from service.api.http_server import serve
-    from service.api.metrics import ApiMetrics
-    from service.api.startup import STARTUP_ERRORS, build_services
+    from service.usecases.resources import STARTUP_ERRORS, build_resources
 
     updates = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
     settings = settings.model_copy(update=updates)
     try:
-        services = build_services(settings, ApiMetrics())
+        resources = build_resources(settings)
     except STARTUP_ERRORS as exc:
         return _fail(f"cannot start: {exc}")
     # Timeouts, the connection limit and the log filters: service/api/http_server.py.
-    if not serve(create_app(services=services), settings):
+    if not serve(create_app(resources=resources), settings):
         return _fail("the server did not start (see the log above)")
     return 0
 
@@ -55,7 +54,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
     from service.gallery.reembed import reembed_gallery
     from service.gallery.store import GalleryError
-    from service.packs.loader import PackError, load_pack, resolve_pack_dir
+    from service.packs.files import PackError
+    from service.packs.loader import load_pack, resolve_pack_dir
     from service.pipeline.face_pipeline import FacePipeline
     from service.pipeline.runtime import RuntimeUnavailableError
 

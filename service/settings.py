@@ -25,6 +25,13 @@ def default_models_dir() -> Path:
     return _xdg_dir("XDG_CACHE_HOME", ".cache") / "face-service" / "models"
 
 
+def models_dir_from_env() -> Path:
+    """``FACE_MODELS_DIR`` when set, else ``default_models_dir()``: where face-export and face-train
+    put and find packs. Only this one variable is read: no other service setting reaches them."""
+    value = os.environ.get("FACE_MODELS_DIR")
+    return Path(value) if value else default_models_dir()
+
+
 class FacePolicy(StrEnum):
     """Which face of a photo is "the" face (ranked in ``service.pipeline.face_choice``)."""
 

@@ -24,7 +24,8 @@ class LambdaSchedule:
             raise ValueError(f"lambda schedule values must be >= 0, got {self}")
 
     def at(self, iteration: int) -> float:
-        return max(self.lambda_min, self.base * (1.0 + self.gamma * iteration) ** (-self.power))
+        decayed: float = self.base * (1.0 + self.gamma * iteration) ** (-self.power)
+        return max(self.lambda_min, decayed)
 
 
 class SphereFaceHead(MarginHead):

@@ -1,53 +1,66 @@
 """``--align``: detect and align raw photos into an identity-per-folder set of chips, once.
 
-The service's own detector (from a model pack) finds the largest face of each photo and
-``align_to_template`` warps it onto a 5-point template scaled to the backbone's input, so the trained
-model sees the same geometry the exported pack will declare. Results are cached: photos already
+A pack's detector (the service's own detection code, ``pack_detector``) finds the largest face of each
+photo and ``align_to_template`` warps it onto a named chip convention's 5-point template scaled to the
+backbone's input, so the trained model sees the same geometry the exported pack will declare. Every
+detection option is passed in: no service setting reaches training. Results are cached: photos already
 aligned are skipped on the next run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from models.training.dataset import scan_identities
+from service.packs.conventions import ARCFACE_112, DLIB_150, ChipConvention
 
-Template = tuple[tuple[float, float], ...]
+if TYPE_CHECKING:
+    from service.pipeline.detect import FaceDetector
 
-
-def _arcface_template() -> tuple[Template, tuple[int, int]]:
-    from service.packs.insightface import ARCFACE_TEMPLATE_112
-
-    return ARCFACE_TEMPLATE_112, (112, 112)
-
-
-def _dlib_template() -> tuple[Template, tuple[int, int]]:
-    from export.chip_template import DLIB_CHIP_TEMPLATE_150
-
-    return DLIB_CHIP_TEMPLATE_150, (150, 150)
-
-
-# name -> (template points, the chip size they are given for)
-TEMPLATES: Mapping[str, Callable[[], tuple[Template, tuple[int, int]]]] = MappingProxyType(
-    {"arcface": _arcface_template, "dlib": _dlib_template}
-)
+# face-train's ``--template`` names -> the chip convention whose template they scale.
+TEMPLATES: Mapping[str, ChipConvention] = MappingProxyType({"arcface": ARCFACE_112, "dlib": DLIB_150})
+# How photos are detected for alignment: the service's default detection (not its FACE_* settings).
+DETECTION_INPUT_SIZE = 640
+DETECTION_MAX_FACES = 32
+DETECTION_MIN_FACE_SIZE = 16
 
 
 def scaled_template(name: str, size: tuple[int, int]) -> np.ndarray:
     """A named template's 5 points for a chip of ``size`` (width, height)."""
     try:
-        points, (base_width, base_height) = TEMPLATES[name]()
+        convention = TEMPLATES[name]
     except KeyError:
         raise KeyError(f"unknown template {name!r}; known: {', '.join(TEMPLATES)}") from None
-    scale = np.array([size[0] / base_width, size[1] / base_height], dtype=np.float32)
-    return np.asarray(points, dtype=np.float32) * scale
+    return convention.scaled_template(size)
+
+
+def pack_detector(
+    pack_dir: Path,
+    *,
+    input_size: int = DETECTION_INPUT_SIZE,
+    max_faces: int = DETECTION_MAX_FACES,
+    min_face_size: int = DETECTION_MIN_FACE_SIZE,
+) -> FaceDetector:
+    """The detector of the pack in ``pack_dir`` on the CPU, with its recommended thresholds."""
+    from service.packs.loader import load_pack
+    from service.pipeline.detect import DetectionOptions
+    from service.pipeline.detectors import load_detector
+    from service.pipeline.runtime import RuntimeOptions
+    from service.settings import ExecutionDevice
+
+    pack = load_pack(pack_dir)
+    options = DetectionOptions.for_spec(
+        pack.manifest.detector, input_size=input_size, max_faces=max_faces, min_face_size=min_face_size
+    )
+    return load_detector(pack, RuntimeOptions(device=ExecutionDevice.CPU), options)
 
 
 @dataclass(frozen=True)
@@ -61,23 +74,13 @@ def align_dataset(
     source: Path,
     destination: Path,
     *,
-    pack_dir: Path,
+    detector: FaceDetector,
     template: np.ndarray,
     size: tuple[int, int],
     progress: bool = True,
 ) -> AlignmentSummary:
     """Align every photo of ``source/<identity>/`` into ``destination/<identity>/<stem>.png``."""
-    from service.packs.loader import load_pack
     from service.pipeline.align import align_to_template
-    from service.pipeline.detect import DetectionOptions, build_detector
-    from service.pipeline.runtime import RuntimeOptions, create_session
-    from service.settings import ExecutionDevice, Settings
-
-    pack = load_pack(pack_dir)
-    session = create_session(pack.detector_path, RuntimeOptions(device=ExecutionDevice.CPU))
-    detector = build_detector(
-        pack.manifest.detector, session, DetectionOptions.from_settings(Settings(), pack.manifest.detector)
-    )
 
     aligned = cached = 0
     no_face: list[str] = []

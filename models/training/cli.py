@@ -22,6 +22,8 @@ import torch
 from models.training.config import HeadOption, TrainConfig
 
 logger = logging.getLogger("face-train")
+# --align without --align-pack: this pack folder under the models folder (never FACE_PACK's).
+DEFAULT_ALIGN_PACK = "default"
 
 
 def _default(name: str) -> Any:
@@ -118,7 +120,12 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
 
     data = parser.add_argument_group("data")
     data.add_argument("--align", action="store_true", help="detect + align raw photos first (cached)")
-    data.add_argument("--align-pack", default=None, help="detector's pack folder (default: the service's)")
+    data.add_argument(
+        "--align-pack",
+        default=None,
+        help=f"pack folder whose detector aligns (default: $FACE_MODELS_DIR/{DEFAULT_ALIGN_PACK}, "
+        f"else ~/.cache/face-service/models/{DEFAULT_ALIGN_PACK})",
+    )
     data.add_argument("--template", default=_default("template"), choices=list(TEMPLATES), help="for --align")
 
     runtime = parser.add_argument_group("runtime")
@@ -215,16 +222,16 @@ def _aligned_root(config: TrainConfig, progress: bool) -> Path:
     if not config.align:
         return Path(config.data)
     from models.registry import backbone_entry
-    from models.training.alignment import align_dataset, scaled_template
-    from service.settings import Settings
+    from models.training.alignment import align_dataset, pack_detector, scaled_template
+    from service.settings import models_dir_from_env
 
     size = backbone_entry(config.backbone).input_size
-    pack_dir = Path(config.align_pack) if config.align_pack else Settings().pack_dir
+    pack_dir = Path(config.align_pack) if config.align_pack else models_dir_from_env() / DEFAULT_ALIGN_PACK
     destination = Path(config.out) / "aligned"
     summary = align_dataset(
         Path(config.data),
         destination,
-        pack_dir=pack_dir,
+        detector=pack_detector(pack_dir),
         template=scaled_template(config.template, size),
         size=size,
         progress=progress,

@@ -45,7 +45,9 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; None: torch's default
     keep_checkpoints: int = 2  # epoch checkpoints kept besides last.pt (0: keep them all)
     align: bool = False  # detect + align raw photos first (cached under out/aligned)
-    align_pack: str | None = None  # pack whose detector is used; None: the service's default pack
+    align_pack: str | None = (
+        None  # pack whose detector is used; None: the default pack (cli.DEFAULT_ALIGN_PACK)
+    )
     template: str = "arcface"  # alignment template, scaled to the backbone's input size
 
     def __post_init__(self) -> None:

@@ -18,11 +18,14 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from service.packs.conventions import ARCFACE_NORMALIZATION
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".webp", ".tif", ".tiff"})
 
-# Pixel normalization of every face-train model: RGB, (x − 127.5) / 127.5 (ArcFace's convention).
-PIXEL_MEAN = 127.5
-PIXEL_STD = 127.5
+# Pixel normalization of every face-train model: insightface's ArcFace one, RGB, (x − 127.5) / 127.5.
+PIXEL_NORMALIZATION = ARCFACE_NORMALIZATION
+PIXEL_MEAN = PIXEL_NORMALIZATION.mean[0]  # the same on every channel
+PIXEL_STD = PIXEL_NORMALIZATION.std[0]
 
 
 @dataclass(frozen=True)

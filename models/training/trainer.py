@@ -37,8 +37,7 @@ from models.training.checkpoint import (
 )
 from models.training.config import RESUMABLE_DIFFERENCES, TrainConfig
 from models.training.dataset import (
-    PIXEL_MEAN,
-    PIXEL_STD,
+    PIXEL_NORMALIZATION,
     FaceImageDataset,
     IdentitySplit,
     samples_of,
@@ -375,9 +374,9 @@ class Trainer:
                 "input_size": list(self.input_size),
             },
             "preprocessing": {
-                "color_order": "RGB",
-                "mean": [PIXEL_MEAN] * 3,
-                "std": [PIXEL_STD] * 3,
+                "color_order": PIXEL_NORMALIZATION.color_order.value,
+                "mean": list(PIXEL_NORMALIZATION.mean),
+                "std": list(PIXEL_NORMALIZATION.std),
                 "greyscale": "replicated to 3 channels",
                 # The template the service should align to; ``aligned`` says whether training did
                 # (without --align the photos were whole-image resized, e.g. pre-cropped faces).

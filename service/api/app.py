@@ -9,19 +9,20 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from starlette.concurrency import run_in_threadpool
 
 from service.api.auth_middleware import CredentialsInUrlMiddleware, EarlyAuthMiddleware
+from service.api.deps import HTTP_METRICS_STATE, RESOURCES_STATE
 from service.api.docs_assets import install_offline_docs
 from service.api.domain_errors import install_domain_error_handlers
 from service.api.errors import install_error_handlers
-from service.api.metrics import ApiMetrics, MetricsMiddleware
+from service.api.metrics import HttpMetrics, MetricsMiddleware
 from service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware, UnhandledErrorMiddleware
 from service.api.openapi import install_problem_openapi
 from service.api.routes import detect, embed, faces, health, identify, info, keys, subjects, verify
-from service.api.startup import build_services
-from service.api.state import AppServices
 from service.settings import Settings, load_settings
+from service.usecases.metrics import ServiceMetrics
+from service.usecases.resources import ServiceResources, build_resources
+from service.usecases.threads import in_worker
 
 logger = logging.getLogger(__name__)
 
@@ -41,18 +42,21 @@ _ROUTERS = (
 )
 
 
-def create_app(settings: Settings | None = None, *, services: AppServices | None = None) -> FastAPI:
-    """A new app. ``services`` are prebuilt ones (the CLI builds them first to fail fast with a clear
+def create_app(settings: Settings | None = None, *, resources: ServiceResources | None = None) -> FastAPI:
+    """A new app. ``resources`` are prebuilt ones (the CLI builds them first to fail fast with a clear
     message); without them the lifespan builds them from ``settings``. Either way the lifespan owns
     them: it starts the embedding batcher and closes the gallery at shutdown.
     """
-    settings = services.settings if services is not None else (settings or load_settings())
-    metrics = services.metrics if services is not None else ApiMetrics()
+    settings = resources.settings if resources is not None else (settings or load_settings())
+    service_metrics = resources.metrics if resources is not None else ServiceMetrics()
+    http_metrics = HttpMetrics(service_metrics.registry)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         ready = (
-            services if services is not None else await run_in_threadpool(build_services, settings, metrics)
+            resources
+            if resources is not None
+            else await in_worker(build_resources, settings, service_metrics)
         )
         try:
             async with ready.pipeline:
@@ -62,7 +66,7 @@ def create_app(settings: Settings | None = None, *, services: AppServices | None
                     ready.pipeline.providers,
                     ready.gallery.counts().faces,
                 )
-                yield {"services": ready}
+                yield {RESOURCES_STATE: ready, HTTP_METRICS_STATE: http_metrics}
         finally:
             ready.gallery.close()
 
@@ -83,10 +87,10 @@ def create_app(settings: Settings | None = None, *, services: AppServices | None
     # Inside out: a body is refused without a valid key before it is read; a key in the URL is refused
     # before that (400, not 401); sizes are checked first of all from Content-Length; unexpected
     # exceptions become a 500 that keeps the connection (metrics count it as a 500).
-    app.add_middleware(EarlyAuthMiddleware)
+    app.add_middleware(EarlyAuthMiddleware, metrics=http_metrics)
     app.add_middleware(CredentialsInUrlMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=http_metrics)
     app.add_middleware(UnhandledErrorMiddleware)
     if settings.cors_origins:
         app.add_middleware(

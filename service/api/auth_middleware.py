@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.asgi import HttpMiddleware
-from service.api.deps import AUTHENTICATED_STATE, auth_failure_reason, presented_key, unauthenticated_error
+from service.api.deps import (
+    AUTHENTICATED_STATE,
+    RESOURCES_STATE,
+    auth_failure_reason,
+    presented_key,
+    unauthenticated_error,
+)
 from service.api.errors import FieldError, problem_response_for_scope
 from service.api.log_filters import is_credential_parameter, normalized_parameter
-from service.api.state import AppServices
+from service.api.metrics import HttpMetrics
+from service.usecases.resources import ServiceResources
+from service.usecases.threads import in_worker
 
 
 def _declares_body(headers: Headers) -> bool:
@@ -25,15 +32,19 @@ class EarlyAuthMiddleware(HttpMiddleware):
     connection, so the client need not send the body at all. Scopes are still checked by the route.
     """
 
+    def __init__(self, app: ASGIApp, *, metrics: HttpMetrics) -> None:
+        super().__init__(app)
+        self.metrics = metrics
+
     async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
-        services = scope.get("state", {}).get("services")
-        if not _declares_body(headers) or not isinstance(services, AppServices):
+        resources = scope.get("state", {}).get(RESOURCES_STATE)
+        if not _declares_body(headers) or not isinstance(resources, ServiceResources):
             await self.app(scope, receive, send)
             return
         presented = presented_key(headers)
         try:
-            principal = await run_in_threadpool(services.authenticator.authenticate, presented)
+            principal = await in_worker(resources.authenticator.authenticate, presented)
         except Exception:  # the route's own dependency runs the same check and answers for it
             await self.app(scope, receive, send)
             return
@@ -43,7 +54,7 @@ class EarlyAuthMiddleware(HttpMiddleware):
             await self.app(scope, receive, send)
             return
         error = unauthenticated_error(presented)
-        services.metrics.auth_failures.labels(reason=auth_failure_reason(error)).inc()
+        self.metrics.auth_failures.labels(reason=auth_failure_reason(error)).inc()
         response = problem_response_for_scope(
             scope,
             status=error.status,

@@ -1,4 +1,4 @@
-"""FastAPI dependencies (``Annotated`` aliases): the app's services and the caller's scope."""
+"""FastAPI dependencies (``Annotated`` aliases): the resources, the HTTP metrics, the caller's scope."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.datastructures import Headers
 
 from service.api.errors import ApiError
-from service.api.state import AppServices
+from service.api.metrics import HttpMetrics
 from service.auth.authenticator import Principal
 from service.auth.keys import Scope, grants
+from service.usecases.resources import ServiceResources
 
 # auto_error=False: a missing key becomes our own 401 problem, not FastAPI's plain 403.
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key")
@@ -21,14 +22,27 @@ _bearer = HTTPBearer(auto_error=False, description="API key as a bearer token")
 _WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="face-service"'}
 
 
-def get_services(request: Request) -> AppServices:
-    services = getattr(request.state, "services", None)
-    if not isinstance(services, AppServices):  # only before start-up finished or after shutdown
+# Lifespan-state keys: the service's resources (once built) and the app's HTTP metrics.
+RESOURCES_STATE = "resources"
+HTTP_METRICS_STATE = "http_metrics"
+
+
+def get_resources(request: Request) -> ServiceResources:
+    resources = getattr(request.state, RESOURCES_STATE, None)
+    if not isinstance(resources, ServiceResources):  # only before start-up finished or after shutdown
         raise ApiError(503, "unavailable", "the service is not ready")
-    return services
+    return resources
 
 
-Services = Annotated[AppServices, Depends(get_services)]
+def get_http_metrics(request: Request) -> HttpMetrics:
+    metrics = getattr(request.state, HTTP_METRICS_STATE, None)
+    if not isinstance(metrics, HttpMetrics):  # set with the resources by the lifespan
+        raise ApiError(503, "unavailable", "the service is not ready")
+    return metrics
+
+
+Resources = Annotated[ServiceResources, Depends(get_resources)]
+Metrics = Annotated[HttpMetrics, Depends(get_http_metrics)]
 
 
 # Request-state key under which EarlyAuthMiddleware leaves the Principal it authenticated.
@@ -68,22 +82,23 @@ def require_scope(needed: Scope) -> Callable[..., Principal]:
 
     def dependency(
         request: Request,
-        services: Services,
+        resources: Resources,
+        metrics: Metrics,
         api_key: Annotated[str | None, Depends(_api_key_header)],
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
         presented = api_key or (bearer.credentials if bearer is not None else None)
         # A sync dependency: FastAPI runs it in the thread pool, so the key lookup never blocks the loop.
         # Requests with a body were authenticated already, before it was read (EarlyAuthMiddleware).
-        principal = getattr(request.state, AUTHENTICATED_STATE, None) or services.authenticator.authenticate(
+        principal = getattr(request.state, AUTHENTICATED_STATE, None) or resources.authenticator.authenticate(
             presented
         )
         if principal is None:
             error = unauthenticated_error(presented)
-            services.metrics.auth_failures.labels(reason=auth_failure_reason(error)).inc()
+            metrics.auth_failures.labels(reason=auth_failure_reason(error)).inc()
             raise error
         if not grants(principal.scopes, needed):
-            services.metrics.auth_failures.labels(reason="scope").inc()
+            metrics.auth_failures.labels(reason="scope").inc()
             held = ", ".join(sorted(scope.value for scope in principal.scopes))
             raise ApiError(
                 403, "insufficient_scope", f"this needs the {needed.value!r} scope; the key has: {held}"

@@ -1,18 +1,21 @@
-"""Gallery and threshold errors → problem responses, through one table (most specific class first).
+"""Domain errors → problem responses: ONE table for every error the use cases, the gallery and the
+thresholds raise (most specific class first through the MRO).
 
-A full disk (SQLite's "database or disk is full", ENOSPC, EFBIG, EDQUOT) from any write is 507
-``storage_full``: the write was rolled back, so the client may retry once space is freed.
+Image decode errors take their status from the decoder's code (limits 413, bytes that are no image we
+read 415, an image we recognise but cannot finish decoding 422). A full disk (SQLite's "database or
+disk is full", ENOSPC, EFBIG, EDQUOT) from any write is 507 ``storage_full``: the write was rolled
+back, so the client may retry once space is freed.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from service.api.errors import FieldError, problem_response_for_scope
-from service.api.thresholds import ThresholdError
+from service.api.errors import ApiError, FieldError, problem_response_for_scope
 from service.gallery.gallery import EmptySubjectError
 from service.gallery.store import (
     FaceNotFoundError,
@@ -21,36 +24,111 @@ from service.gallery.store import (
     SubjectNotFoundError,
     is_storage_full,
 )
+from service.usecases.errors import (
+    BusyError,
+    FaceIndexOutOfRangeError,
+    InvalidImageError,
+    InvalidVerifyRequestError,
+    KeyNotFoundError,
+    NoFaceAcceptedError,
+    NoFaceError,
+    TooManyImagesError,
+    UseCaseError,
+)
+from service.usecases.thresholds import ThresholdError
 
 STORAGE_FULL_DETAIL = (
     "the service's storage is full: nothing from this request was stored; retry once space is freed"
 )
 
-# (status, problem code, field the error is about or None)
-_DOMAIN_ERRORS: dict[type[Exception], tuple[int, str, str | None]] = {
-    SubjectNotFoundError: (404, "subject_not_found", None),
-    FaceNotFoundError: (404, "face_not_found", None),
-    InvalidCursorError: (422, "invalid_cursor", "query.cursor"),
-    EmptySubjectError: (409, "subject_has_no_faces", None),
-    ThresholdError: (422, "invalid_threshold", "threshold"),
+# ImageDecodeError.code → HTTP status (anything else the decoder says: 422).
+DECODE_STATUS = {
+    "too_large": 413,
+    "too_many_pixels": 413,
+    "not_an_image": 415,
+    "unsupported_format": 415,
+    "empty": 422,
+    "truncated": 422,
+}
+
+ToProblem = Callable[[Exception], ApiError]
+
+
+def _plain(status: int, code: str, field: str | None = None) -> ToProblem:
+    """An error whose message is the detail, about one field or none."""
+
+    def convert(exc: Exception) -> ApiError:
+        errors = [FieldError(field, str(exc), code)] if field else []
+        return ApiError(status, code, str(exc), errors=errors)
+
+    return convert
+
+
+def _refusal(
+    status: Callable[[UseCaseError], int], headers: Callable[[UseCaseError], dict[str, str]] | None = None
+) -> ToProblem:
+    """A use case's refusal: its own code, detail and fields; the status (and headers) from the error."""
+
+    def convert(exc: Exception) -> ApiError:
+        if not isinstance(exc, UseCaseError):  # the table maps UseCaseError classes only to this
+            raise TypeError(f"{type(exc).__name__} is not a UseCaseError")
+        errors = [FieldError(p.field, p.reason, p.code) for p in exc.problems]
+        extra = headers(exc) if headers is not None else None
+        return ApiError(status(exc), exc.code, exc.detail, errors=errors, headers=extra)
+
+    return convert
+
+
+def _always(status: int) -> Callable[[UseCaseError], int]:
+    return lambda _: status
+
+
+def _decode_status(exc: UseCaseError) -> int:
+    return DECODE_STATUS.get(exc.code, 422)
+
+
+def _retry_after(exc: UseCaseError) -> dict[str, str]:
+    return {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, BusyError) else {}
+
+
+DOMAIN_ERRORS: dict[type[Exception], ToProblem] = {
+    SubjectNotFoundError: _plain(404, "subject_not_found"),
+    FaceNotFoundError: _plain(404, "face_not_found"),
+    InvalidCursorError: _plain(422, "invalid_cursor", "query.cursor"),
+    EmptySubjectError: _plain(409, "subject_has_no_faces"),
+    ThresholdError: _plain(422, "invalid_threshold", "threshold"),
+    InvalidImageError: _refusal(_decode_status),
+    BusyError: _refusal(_always(503), _retry_after),
+    NoFaceError: _refusal(_always(422)),
+    FaceIndexOutOfRangeError: _refusal(_always(422)),
+    InvalidVerifyRequestError: _refusal(_always(422)),
+    NoFaceAcceptedError: _refusal(_always(422)),
+    TooManyImagesError: _refusal(_always(413)),
+    KeyNotFoundError: _refusal(_always(404)),
 }
 
 
-def _lookup(exc: Exception) -> tuple[int, str, str | None] | None:
+def problem_for(exc: Exception) -> ApiError | None:
+    """The problem ``exc`` maps to, or None when it has no client meaning (a 500)."""
     for cls in type(exc).__mro__:
-        found = _DOMAIN_ERRORS.get(cls)
-        if found is not None:
-            return found
+        convert = DOMAIN_ERRORS.get(cls)
+        if convert is not None:
+            return convert(exc)
     return None
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
-    found = _lookup(exc)
-    if found is None:  # a GalleryError with no client meaning: let the 500 handler take it
+    problem = problem_for(exc)
+    if problem is None:  # e.g. a GalleryError with no client meaning: let the 500 handler take it
         raise exc
-    status, code, field = found
-    errors = [FieldError(field, str(exc), code)] if field else []
-    return problem_response_for_scope(request.scope, status=status, code=code, detail=str(exc), errors=errors)
+    return problem_response_for_scope(
+        request.scope,
+        status=problem.status,
+        code=problem.code,
+        detail=problem.detail,
+        errors=problem.errors,
+        headers=problem.headers or None,
+    )
 
 
 async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
@@ -62,7 +140,7 @@ async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_domain_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(GalleryError, _domain_error)
-    app.add_exception_handler(ThresholdError, _domain_error)
+    for cls in (GalleryError, ThresholdError, UseCaseError):
+        app.add_exception_handler(cls, _domain_error)
     app.add_exception_handler(sqlite3.Error, _storage_error)
     app.add_exception_handler(OSError, _storage_error)

@@ -1,13 +1,15 @@
-"""Prometheus metrics on a registry owned by one app (never the process-wide default registry).
+"""HTTP request metrics (latency by route, auth failures) and the middleware that times requests.
 
-Several apps in one process (tests, a restart in place) each count their own requests.
+They live on the registry of the service's own metrics (``service.usecases.metrics``): never the
+process-wide default registry, so several apps in one process (tests, a restart in place) each count
+their own requests.
 """
 
 from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,65 +23,25 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 OTHER_METHOD = "OTHER"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
-class ApiMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+class HttpMetrics:
+    """The HTTP front end's metrics, registered on the service's registry (one exposition for all)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.request_latency = Histogram(
             "face_http_request_duration_seconds",
             "Request latency by route template, method and status code.",
             ["route", "method", "status"],
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.faces_detected = Counter(
-            "face_faces_detected", "Faces found by the detector.", registry=self.registry
-        )
-        self.faces_embedded = Counter(
-            "face_faces_embedded", "Faces turned into embeddings.", registry=self.registry
-        )
-        self.embedding_batch_size = Histogram(
-            "face_embedding_batch_size",
-            "Chips per embedder run (after micro-batching across requests).",
-            buckets=_BATCH_BUCKETS,
-            registry=self.registry,
-        )
-        self.enrollment_rejections = Counter(
-            "face_enrollment_rejections",
-            "Images refused at enrollment, by reason.",
-            ["reason"],
-            registry=self.registry,
+            registry=registry,
         )
         self.auth_failures = Counter(
             "face_auth_failures",
             "Requests refused by authentication or scope.",
             ["reason"],
-            registry=self.registry,
+            registry=registry,
         )
-        self.gallery_subjects = Gauge(
-            "face_gallery_subjects", "Subjects in the gallery.", registry=self.registry
-        )
-        self.gallery_faces = Gauge(
-            "face_gallery_faces", "Enrolled faces in the gallery.", registry=self.registry
-        )
-        # Equal to face_gallery_faces when the search index agrees with the store (worth an alert if not).
-        self.gallery_indexed_faces = Gauge(
-            "face_gallery_indexed_faces", "Faces in the search index.", registry=self.registry
-        )
-
-    def observe_batch(self, size: int) -> None:
-        """Hook for the embedding micro-batcher."""
-        self.embedding_batch_size.observe(size)
-
-    def render(self, *, gallery_subjects: int, gallery_faces: int, gallery_indexed_faces: int) -> bytes:
-        """The text exposition, with gallery sizes read at scrape time. Blocking: call it from a worker
-        thread (``run_in_threadpool``), never on the event loop."""
-        self.gallery_subjects.set(gallery_subjects)
-        self.gallery_faces.set(gallery_faces)
-        self.gallery_indexed_faces.set(gallery_indexed_faces)
-        return generate_latest(self.registry)
 
 
 def method_label(method: str) -> str:
@@ -97,7 +59,7 @@ def _route_template(scope: Scope) -> str:
 class MetricsMiddleware(HttpMiddleware):
     """Time every HTTP request and label it with its route template, method and status."""
 
-    def __init__(self, app: ASGIApp, *, metrics: ApiMetrics) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: HttpMetrics) -> None:
         super().__init__(app)
         self.metrics = metrics
 

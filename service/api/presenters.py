@@ -1,4 +1,4 @@
-"""Pipeline and gallery dataclasses → response models (the one place that knows both shapes).
+"""Use-case results, pipeline and gallery dataclasses → response models (the one place that knows both).
 
 Stored data is shown defensively: a read must answer 200 whatever an older version (or a hand
 edit of the SQLite file) left in a row. A name that isn't valid Unicode is shown with its lone
@@ -15,10 +15,43 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.api.input_limits import unicode_problem, walk_json
-from service.api.schemas import Box, FaceOut, KeyOut, Landmarks, Quality, SubjectOut
+from service.api.schemas import (
+    Box,
+    CandidateOut,
+    ComparedFace,
+    DetectedFaceOut,
+    DetectResponse,
+    EmbeddedFaceOut,
+    EmbedResponse,
+    EnrollmentItem,
+    EnrollmentResponse,
+    FaceOut,
+    GalleryInfo,
+    IdentifiedFaceOut,
+    IdentifyResponse,
+    ImageSize,
+    InfoResponse,
+    KeyOut,
+    Landmarks,
+    OperatingPointOut,
+    Quality,
+    RejectionOut,
+    SubjectOut,
+    SubjectRef,
+    ThresholdOut,
+    VerifyResponse,
+)
 from service.auth.keys import ApiKey
+from service.gallery.gallery import Candidate
 from service.gallery.store import UNREADABLE_METADATA_KEY, FaceRecord, Subject
 from service.pipeline.types import DetectedFace, FaceQuality
+from service.usecases import verify
+from service.usecases.detect import DetectResult
+from service.usecases.embed import EmbedResult
+from service.usecases.enroll import EnrollmentResult, ImageOutcome
+from service.usecases.identify import IdentifyResult
+from service.usecases.info import ServiceInfo
+from service.usecases.thresholds import ResolvedThreshold
 
 # Well below pydantic-core's serialization depth limit (~254) once the response's own nesting is added.
 _MAX_RETURNED_DEPTH = 64
@@ -132,4 +165,123 @@ def key_out(record: ApiKey) -> KeyOut:
         created_at=record.created_at,
         revoked_at=record.revoked_at,
         active=record.active,
+    )
+
+
+def threshold_out(threshold: ResolvedThreshold) -> ThresholdOut:
+    return ThresholdOut(name=threshold.name, value=threshold.value)
+
+
+def detect_response(result: DetectResult) -> DetectResponse:
+    return DetectResponse(
+        image=ImageSize(width=result.width, height=result.height),
+        faces=[
+            DetectedFaceOut(
+                box=box_of(item.face),
+                landmarks=landmarks_of(item.face),
+                score=item.face.score,
+                quality=quality_of(item.quality),
+            )
+            for item in result.faces
+        ],
+    )
+
+
+def embed_response(result: EmbedResult) -> EmbedResponse:
+    return EmbedResponse(
+        pack_id=result.pack_id,
+        embedding_size=result.embedding_size,
+        faces=[
+            EmbeddedFaceOut(box=box_of(face.face), score=face.face.score, embedding=face.embedding.tolist())
+            for face in result.faces
+        ],
+    )
+
+
+def compared_face_out(compared: verify.ComparedFace) -> ComparedFace:
+    face = compared.face.face
+    return ComparedFace(
+        face_index=compared.index, faces_in_image=compared.faces_in_image, box=box_of(face), score=face.score
+    )
+
+
+def verify_response(result: verify.VerifyResult) -> VerifyResponse:
+    subject = result.subject
+    return VerifyResponse(
+        mode=result.mode,
+        similarity=result.similarity,
+        threshold=threshold_out(result.threshold),
+        match=result.match,
+        face_a=compared_face_out(result.face_a),
+        face_b=None if result.face_b is None else compared_face_out(result.face_b),
+        subject=None if subject is None else SubjectRef(id=subject.id, name=readable_name(subject.name)),
+    )
+
+
+def candidate_out(candidate: Candidate) -> CandidateOut:
+    return CandidateOut(
+        subject_id=candidate.subject_id,
+        name=readable_name(candidate.name),
+        similarity=similarity_of(candidate.similarity),
+        face_id=candidate.face_id,
+    )
+
+
+def identify_response(result: IdentifyResult) -> IdentifyResponse:
+    return IdentifyResponse(
+        threshold=threshold_out(result.threshold),
+        top_k=result.top_k,
+        faces=[
+            IdentifiedFaceOut(
+                box=box_of(item.face.face),
+                score=item.face.face.score,
+                unknown=not item.candidates,
+                candidates=[candidate_out(c) for c in item.candidates],
+            )
+            for item in result.faces
+        ],
+    )
+
+
+def enrollment_item(outcome: ImageOutcome) -> EnrollmentItem:
+    rejection = outcome.rejection
+    return EnrollmentItem(
+        index=outcome.index,
+        filename=outcome.filename,
+        accepted=outcome.face_id is not None,
+        face_id=outcome.face_id,
+        rejection=None
+        if rejection is None
+        else RejectionOut.model_validate({"code": rejection.code, "detail": rejection.detail}),
+    )
+
+
+def enrollment_response(result: EnrollmentResult) -> EnrollmentResponse:
+    return EnrollmentResponse(
+        subject_id=result.subject_id,
+        accepted=result.accepted,
+        rejected=result.rejected,
+        results=[enrollment_item(outcome) for outcome in result.outcomes],
+    )
+
+
+def info_response(info: ServiceInfo) -> InfoResponse:
+    manifest = info.manifest
+    return InfoResponse(
+        pack_id=manifest.id,
+        pack_description=manifest.description,
+        embedding_size=manifest.embedding_size,
+        embedder_input_size=manifest.chip_size,
+        flip_augmentation=manifest.embedder.flip_augmentation,
+        providers=info.providers,
+        operating_points={
+            name: OperatingPointOut(threshold=point.threshold, far=point.far, source=point.source)
+            for name, point in sorted(manifest.calibration.operating_points.items())
+        },
+        threshold=threshold_out(info.threshold),
+        subject_score=info.subject_score,
+        gallery=GalleryInfo(
+            subjects=info.gallery.subjects, faces=info.gallery.faces, index_type=info.index_kind
+        ),
+        auth_enabled=info.auth_enabled,
     )

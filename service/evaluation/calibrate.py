@@ -20,13 +20,8 @@ import numpy.typing as npt
 from service.atomic_files import write_text_atomic
 from service.evaluation.metrics import FarOperatingPoint, threshold_at_far
 from service.evaluation.verification import far_label
-from service.packs.loader import (
-    CALIBRATION_FILE,
-    CalibrationFile,
-    PackError,
-    read_calibration_file,
-    read_manifest,
-)
+from service.packs.files import PackError
+from service.packs.loader import CALIBRATION_FILE, CalibrationFile, read_calibration_file, read_manifest
 from service.packs.manifest import OperatingPoint
 
 DEFAULT_CALIBRATION_FARS: tuple[float, ...] = (1e-2, 1e-3, 1e-4)

@@ -66,7 +66,8 @@ from service.evaluation.verification import (
     score_pairs,
     write_pair_scores,
 )
-from service.packs.loader import LoadedPack, PackError, load_pack
+from service.packs.files import PackError
+from service.packs.loader import LoadedPack, load_pack
 from service.pipeline.decode import ImageDecodeError
 from service.settings import FacePolicy, Settings
 

@@ -1,17 +1,17 @@
-"""Gallery: the SQLite store and the FAISS index, changed together under one lock.
+"""Gallery: a store (the truth) and a search index derived from it, changed together under one lock.
 
-Consistency rule: a reader never sees a face that is not committed, and never misses one that is.
-Writers commit to SQLite first, then update the index, both while holding the lock; readers
-search while holding it. If the index update fails after the commit, the index is rebuilt from
-SQLite (the source of truth) before the lock is released.
+Consistency rule, for every backend: the store is the source of truth; the index is derived from
+it. Writers commit to the store first, then update the index, both while holding the gallery's
+lock; readers search while holding it, so a reader never sees a face that is not committed and
+never misses one that is. On any doubt the index is rebuilt from the store: at every start, and
+whenever an index update fails after a commit (before the lock is released).
+
+Embeddings arrive unit-norm (the embedder owns that); the gallery checks shape, dtype and size.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,23 +21,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.gallery.index import MISSING_ID, FaceIndex, IndexKind, IndexOptions
+from service.gallery.backends import open_store, store_options
+from service.gallery.data_dir_lock import GalleryLockedError as GalleryLockedError
+from service.gallery.faiss_index import FaissIndex
+from service.gallery.index import MISSING_ID, IndexKind, IndexOptions, SearchIndex
+from service.gallery.sqlite_store import GALLERY_FILE as GALLERY_FILE
 from service.gallery.store import (
     EmbeddingSizeError,
     FaceRecord,
     FaceRef,
-    GalleryCorruptError,
     GalleryCounts,
     GalleryError,
+    GalleryLock,
     GalleryStore,
     IntArray,
     NewFace,
     StoredCrop,
     Subject,
     SubjectPage,
-    is_storage_full,
 )
-from service.pipeline.embed import l2_normalize
 from service.pipeline.types import FloatArray
 from service.private_files import ensure_private_dir
 from service.settings import SubjectScore
@@ -46,13 +48,6 @@ if TYPE_CHECKING:
     from service.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-GALLERY_FILE = "gallery.sqlite3"
-LOCK_FILE = "gallery.lock"
-
-
-class GalleryLockedError(GalleryError):
-    """Another process has the gallery open (a running service, or a reembed in progress)."""
 
 
 class EmptySubjectError(GalleryError, LookupError):
@@ -81,10 +76,10 @@ class GallerySizes:
 
 
 def verify_store(store: GalleryStore) -> None:
-    """Raise GalleryCorruptError when SQLite finds the file damaged (before anything reads it)."""
+    """Raise the store's damage error when its integrity check fails (before anything reads it)."""
     problem = store.quick_check()
     if problem is not None:
-        raise GalleryCorruptError(store.path, f"integrity check: {problem}")
+        raise store.damaged(f"integrity check: {problem}")
 
 
 def _searchable_embeddings(store: GalleryStore) -> tuple[IntArray, FloatArray]:
@@ -93,35 +88,8 @@ def _searchable_embeddings(store: GalleryStore) -> tuple[IntArray, FloatArray]:
     if bad:
         shown = "; ".join(f"face #{row.index_id}: {row.reason}" for row in bad[:3])
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise GalleryCorruptError(store.path, f"{len(bad)} unusable face rows ({shown}{more})")
+        raise store.damaged(f"{len(bad)} unusable face rows ({shown}{more})")
     return ids, vectors
-
-
-class DataDirLock:
-    """An exclusive advisory lock (flock) on ``<data_dir>/gallery.lock``; released at close or exit.
-
-    One process at a time owns a gallery: two services, or a service and a reembed, writing to the
-    same files would make the index of one of them stale.
-    """
-
-    def __init__(self, data_dir: Path) -> None:
-        self._path = Path(data_dir) / LOCK_FILE
-        self._fd: int | None = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            self._fd = None
-            raise GalleryLockedError(
-                f"the gallery in {data_dir} is in use by another process (lock {self._path}); "
-                "stop the service before running maintenance such as `face-service reembed`"
-            ) from None
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
 
 
 class Gallery:
@@ -130,10 +98,10 @@ class Gallery:
     def __init__(
         self,
         store: GalleryStore,
-        index: FaceIndex,
+        index: SearchIndex,
         *,
         subject_score: SubjectScore = SubjectScore.MAX,
-        dir_lock: DataDirLock | None = None,
+        dir_lock: GalleryLock | None = None,
     ) -> None:
         pin = store.pinned_pack()
         if pin is None:
@@ -149,28 +117,20 @@ class Gallery:
 
     @classmethod
     def open(cls, data_dir: Path, pack_id: str, embedding_size: int, settings: Settings) -> Gallery:
-        """Open (or create) the gallery in ``data_dir``, pinned to ``pack_id``; rebuilds the index."""
+        """Open (or create) the gallery of ``data_dir``, pinned to ``pack_id``; rebuilds the index."""
         data_dir = ensure_private_dir(Path(data_dir))
-        dir_lock = DataDirLock(data_dir)
-        store: GalleryStore | None = None
+        opened = open_store(data_dir, store_options(settings))
+        store = opened.store
         try:
-            store = GalleryStore(data_dir / GALLERY_FILE)
-            try:
-                verify_store(store)
-                store.pin(pack_id, embedding_size)
-                ids, vectors = _searchable_embeddings(store)
-            except sqlite3.DatabaseError as error:  # pages that cannot be read (a truncated file)
-                if is_storage_full(error):
-                    raise
-                raise GalleryCorruptError(store.path, str(error)) from None
-            index = FaceIndex.build(embedding_size, ids, vectors, IndexOptions.from_settings(settings))
+            verify_store(store)
+            store.pin(pack_id, embedding_size)
+            ids, vectors = _searchable_embeddings(store)
+            index = FaissIndex.build(embedding_size, ids, vectors, IndexOptions.from_settings(settings))
         except BaseException:
-            if store is not None:
-                store.close()
-            dir_lock.release()
+            opened.close()
             raise
         logger.info("gallery %s: %d faces, %s index", data_dir, index.size, index.kind)
-        return cls(store, index, subject_score=settings.subject_score, dir_lock=dir_lock)
+        return cls(store, index, subject_score=settings.subject_score, dir_lock=opened.lock)
 
     def close(self) -> None:
         with self._lock:
@@ -243,16 +203,13 @@ class Gallery:
 
     def add_faces(self, subject_id: str, faces: Sequence[NewFace]) -> list[FaceRecord]:
         """Commit all faces (or none), then make them searchable; returns once both are done."""
-        normalized = [
-            NewFace(l2_normalize(face.embedding), face.det_score, face.quality, face.crop) for face in faces
-        ]
         with self._lock:
-            records = self._store.add_faces(subject_id, normalized)
+            records = self._store.add_faces(subject_id, faces)
             if records:
                 self._update_index(
                     lambda: self._index.add(
                         [record.index_id for record in records],
-                        np.stack([face.embedding for face in normalized]),
+                        np.stack([np.asarray(face.embedding, dtype=np.float32) for face in faces]),
                     )
                 )
         return records
@@ -275,7 +232,7 @@ class Gallery:
             self._rebuild_from_store()
 
     def _update_index(self, change: Callable[[], object]) -> None:
-        """Apply an index change after a commit; on failure rebuild from SQLite (holding the lock)."""
+        """Apply an index change after a commit; on failure rebuild from the store (the rule above)."""
         try:
             if self._index_stale:
                 self._rebuild_from_store()
@@ -308,7 +265,7 @@ class Gallery:
         """For each query row, up to ``top_k`` subjects, best first, scoring at least ``threshold``."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        queries = l2_normalize(self._as_rows(embeddings))
+        queries = self._as_rows(embeddings)
         mode = subject_score or self._subject_score
         floor = -np.inf if threshold is None else float(threshold)
         # Subjects to gather per query: exact for max; for mean, a wider pool re-scored over all faces.
@@ -383,7 +340,7 @@ class Gallery:
         rows = self._as_rows(embedding)
         if len(rows) != 1:
             raise EmbeddingSizeError(f"verify takes one embedding, got {len(rows)}")
-        query = l2_normalize(rows)[0]
+        query = rows[0]
         stored = self._store.subject_embeddings(subject_id)
         if len(stored) == 0:
             raise EmptySubjectError(f"subject {subject_id!r} has no enrolled faces")

@@ -8,7 +8,7 @@ around it (``FacePipeline.storage_crop``), saved with the five landmark position
 Those landmarks are enough to align the crop onto any other template, and the margin gives a
 pack with a looser crop the context it needs (regions beyond the margin are filled with black).
 
-The switch is one SQLite transaction (new embeddings and the new pin together): a crash or an
+The switch is one store transaction (new embeddings and the new pin together): a crash or an
 error at any point leaves the gallery exactly as it was, on the old pack.
 """
 
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from service.gallery.gallery import GALLERY_FILE, DataDirLock
-from service.gallery.store import GalleryError, GalleryStore, PackPin
+from service.gallery.backends import open_store
+from service.gallery.store import GalleryError, PackPin, StoreOptions
 from service.pipeline.align import align_to_template
 from service.pipeline.types import FloatArray, ImageArray
 
@@ -70,11 +70,8 @@ def reembed_gallery(
     cannot be re-embedded: the call fails, changing nothing, unless ``drop_faces_without_crop``.
     """
     started = time.perf_counter()
-    path = Path(data_dir) / GALLERY_FILE
-    if not path.exists():
-        raise GalleryError(f"no gallery at {path}")
-    dir_lock = DataDirLock(Path(data_dir))
-    store = GalleryStore(path)
+    opened = open_store(Path(data_dir), StoreOptions(), must_exist=True)
+    store = opened.store
     try:
         old = store.pinned_pack()
         if old is None or old.pack_id == embedder.pack_id:
@@ -106,5 +103,4 @@ def reembed_gallery(
         )
         return report
     finally:
-        store.close()
-        dir_lock.release()
+        opened.close()

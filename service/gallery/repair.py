@@ -5,6 +5,9 @@ no subject) move into the ``quarantined_faces`` table of the same file. A file S
 (garbage, a zeroed header, truncated pages, a directory in its place) is renamed to
 ``gallery.sqlite3.corrupt-<UTC time>`` and every row still readable from it is copied into a fresh
 gallery; the renamed original stays for an operator (or a backup restore).
+
+This is work on the SQLite file itself, so it uses ``SqliteGalleryStore`` and ``DataDirLock``
+directly rather than the backend table (``service/gallery/backends.py``).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service.gallery.gallery import GALLERY_FILE, DataDirLock
-from service.gallery.store import BadRow, GalleryCorruptError, GalleryStore
+from service.gallery.data_dir_lock import DataDirLock
+from service.gallery.sqlite_store import GALLERY_FILE, SqliteGalleryStore
+from service.gallery.store import BadRow, GalleryCorruptError
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +81,7 @@ def repair_gallery(data_dir: Path) -> RepairReport:
         quarantined = 0
         current = _check(path)
         if current.bad_rows:
-            store = GalleryStore(path)
+            store = SqliteGalleryStore(path)
             try:
                 quarantined = store.quarantine(current.bad_rows)
             finally:
@@ -95,7 +99,7 @@ def _check(path: Path) -> CheckReport:
     if not path.is_file():
         return CheckReport(path, exists=True, file_problem="not a regular file")
     try:
-        store = GalleryStore(path)
+        store = SqliteGalleryStore(path)
     except GalleryCorruptError as error:
         return CheckReport(path, exists=True, file_problem=error.why)
     try:
@@ -108,6 +112,8 @@ def _check(path: Path) -> CheckReport:
             pin_problem = f"{faces} faces but no pack pin (restore from a backup)" if faces else None
             return CheckReport(path, True, pin_problem=pin_problem, quarantined_before=quarantined)
         return CheckReport(path, True, bad_rows=store.bad_rows(), quarantined_before=quarantined)
+    except GalleryCorruptError as error:  # pages the pin or the row scan could not read
+        return CheckReport(path, exists=True, file_problem=error.why)
     except sqlite3.DatabaseError as error:
         return CheckReport(path, exists=True, file_problem=str(error))
     finally:
@@ -129,7 +135,7 @@ def _move_aside(path: Path) -> Path:
 
 def _salvage(source: Path, target: Path) -> dict[str, int]:
     """Copy every row still readable from ``source`` into a fresh gallery at ``target``."""
-    GalleryStore(target).close()  # the schema (a new, 0600 file)
+    SqliteGalleryStore(target).close()  # the schema (a new, 0600 file)
     copied = {table: 0 for table, _ in _SALVAGE_TABLES}
     if not source.is_file():
         return copied

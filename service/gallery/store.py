@@ -1,89 +1,33 @@
-"""GalleryStore: the gallery's source of truth, in SQLite (WAL, synchronous=FULL).
+"""The gallery store's contract: what any backend keeps (subjects, faces, crops, the pack pin).
 
-Durability: in WAL mode with ``synchronous=FULL`` SQLite fsyncs the write-ahead log before a commit
-returns, so a face whose ``add_faces`` call returned survives a process crash and a power loss.
-(``NORMAL`` would be faster but may lose the last commits on power loss.) The FAISS index is only
-a cache rebuilt from here.
+``GalleryStore`` is the protocol the ``Gallery`` and re-embedding use; ``SqliteGalleryStore``
+(``service/gallery/sqlite_store.py``) is today's one implementation, chosen in
+``service/gallery/backends.py``. The data classes, errors and backend-neutral helpers (PNG crop
+codec, storage-full detection) live here so callers import them without naming a backend.
 
-Every face has an integer ``index_id`` (``INTEGER PRIMARY KEY AUTOINCREMENT``): the FAISS id.
-AUTOINCREMENT never reuses an id, even after deletes, so a stale index entry can never be mistaken
-for a newer face.
+Every face has an integer ``index_id``, the search index's id: a backend never reuses one, even
+after deletes, so a stale index entry can never be mistaken for a newer face. No change sequence
+is kept (none exists today; adding one would change the file format).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import errno
-import json
-import re
 import sqlite3
-import threading
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 from service.pipeline.types import EmbeddedFace, FloatArray, ImageArray
-from service.private_files import ensure_private_file
-from service.sqlite_text import lenient_text
 
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 10_000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
-    schema_version INTEGER NOT NULL,
-    pack_id TEXT NOT NULL,
-    embedding_size INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS subjects (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- creation order: the stable pagination key
-    id TEXT NOT NULL UNIQUE,                 -- uuid4, the public id
-    name TEXT NOT NULL,
-    metadata TEXT NOT NULL DEFAULT '{}',     -- JSON object
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS faces (
-    index_id INTEGER PRIMARY KEY AUTOINCREMENT,  -- the FAISS id; never reused
-    id TEXT NOT NULL UNIQUE,                     -- uuid4, the public id
-    subject_id TEXT NOT NULL REFERENCES subjects(id) ON DELETE CASCADE,
-    embedding BLOB NOT NULL,                     -- float32 little-endian, embedding_size values
-    pack_id TEXT NOT NULL,
-    det_score REAL NOT NULL,
-    quality TEXT NOT NULL DEFAULT '{}',          -- JSON object
-    created_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS faces_by_subject ON faces(subject_id, index_id);
--- Crops live apart from faces so that re-embedding (which rewrites every embedding) does not
--- rewrite every crop, and listing faces never pages through image data.
-CREATE TABLE IF NOT EXISTS face_crops (
-    index_id INTEGER PRIMARY KEY REFERENCES faces(index_id) ON DELETE CASCADE,
-    png BLOB NOT NULL,                           -- the crop, PNG (RGB)
-    landmarks TEXT NOT NULL                      -- JSON [[x, y] * 5]: the face's 5 points in the crop
-);
-"""
-
-# Created only by a repair (`face-service check --repair`): faces moved out of the service's way.
-_QUARANTINE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS quarantined_faces (
-    qid INTEGER PRIMARY KEY AUTOINCREMENT,
-    reason TEXT NOT NULL,
-    quarantined_at TEXT NOT NULL,
-    index_id INTEGER, id TEXT, subject_id TEXT, embedding BLOB, pack_id TEXT, det_score REAL,
-    quality TEXT, created_at TEXT, png BLOB, landmarks TEXT
-)
-"""
 
 IntArray = npt.NDArray[np.int64]
 
@@ -285,563 +229,109 @@ def decode_png(data: bytes) -> ImageArray:
     return np.asarray(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), dtype=np.uint8)
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
+class EmbeddingWriter(Protocol):
+    """Writes re-embedded faces inside ``GalleryStore.repinning`` (its transaction is open)."""
+
+    written: int
+
+    def write(self, index_ids: Sequence[int], embeddings: FloatArray) -> None: ...
 
 
-def _encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
+class GalleryStore(Protocol):
+    """A gallery backend: the source of truth for subjects, faces, crops and the pack pin.
 
+    Writes are atomic (all or nothing) and durable once they return. Content that cannot be read
+    back at open (``pin``, ``searchable_embeddings``) is reported as a ``GalleryCorruptError``.
+    """
 
-_CURSOR_TEXT = re.compile(r"s(0|[1-9][0-9]{0,18})")  # what _encode_cursor writes: "s" + a seq
-_MAX_SEQ = 2**63 - 1  # SQLite's INTEGER range: a larger bound overflows the query parameter
+    def close(self) -> None: ...
 
+    def damaged(self, why: str) -> GalleryError:
+        """The error saying this store's content is damaged, with what to do about it."""
+        ...
 
-def _decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        text = ""
-    match = _CURSOR_TEXT.fullmatch(text)
-    if match is None or int(match.group(1)) > _MAX_SEQ:
-        raise InvalidCursorError(f"invalid pagination cursor {cursor!r}")
-    return int(match.group(1))
-
-
-class GalleryStore:
-    """SQLite access for the gallery. Thread-safe: one connection, used under an internal lock."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = Path(path)
-        self._lock = threading.RLock()
-        if self._path.parent.is_dir():
-            ensure_private_file(self._path)  # 0600 before SQLite creates it (and its -wal, -shm)
-        try:
-            # isolation_level=None: no implicit transactions; every write is an explicit BEGIN…COMMIT.
-            self._conn = sqlite3.connect(
-                self._path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
-            )
-        except sqlite3.Error as error:  # e.g. a directory in the file's place
-            raise GalleryCorruptError(self._path, str(error)) from None
-        self._conn.row_factory = sqlite3.Row
-        # A TEXT value that isn't UTF-8 (a hand edit, another tool) is read with its bad bytes
-        # escaped instead of failing every read of that row; valid UTF-8 reads unchanged.
-        self._conn.text_factory = lenient_text
-        try:
-            self._configure()
-            self._create_schema()
-        except sqlite3.DatabaseError as error:  # not a database (garbage, a zeroed header)
-            self._conn.close()
-            if is_storage_full(error):
-                raise
-            raise GalleryCorruptError(self._path, str(error)) from None
-        except BaseException:
-            self._conn.close()
-            raise
-
-    # ------------------------------------------------------------------ setup
-
-    def _configure(self) -> None:
-        mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise GalleryError(f"could not put {self._path} in WAL mode (got {mode!r})")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-
-    def _create_schema(self) -> None:
-        with self._lock:
-            # executescript commits on its own; the statements are idempotent (IF NOT EXISTS).
-            self._conn.executescript(_SCHEMA)
-            row = self._conn.execute("SELECT schema_version FROM meta").fetchone()
-            if row is not None and row[0] > SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"{self._path} has gallery schema version {row[0]}; this service understands "
-                    f"up to {SCHEMA_VERSION}: upgrade the service"
-                )
-
-    @property
-    def path(self) -> Path:
-        return self._path
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE … COMMIT, rolled back on any exception (a failed COMMIT too): all or nothing."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                # SQLite may already have rolled back (a full disk does): a second ROLLBACK would
-                # raise and hide the real error, and an open one would block every later write.
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
-
-    # ------------------------------------------------------------------ integrity
-
+    # integrity
     def quick_check(self) -> str | None:
-        """None when SQLite's quick_check passes, else its first complaint."""
-        with self._lock:
-            try:
-                verdict = str(self._conn.execute("PRAGMA quick_check").fetchone()[0])
-            except sqlite3.DatabaseError as error:
-                return str(error)
-        return None if verdict == "ok" else verdict
+        """None when a fast integrity check passes, else its first complaint."""
+        ...
 
-    def bad_rows(self) -> list[BadRow]:
-        """Faces that cannot be searched: wrong-length or non-finite embeddings, or no subject."""
-        return self.searchable_embeddings()[2]
+    def bad_rows(self) -> list[BadRow]: ...
 
-    def searchable_embeddings(self) -> tuple[IntArray, FloatArray, list[BadRow]]:
-        """(index_ids, embeddings) of every searchable face, and the faces that are not, in one read."""
-        pin = self._require_pin()
-        size = 4 * pin.embedding_size
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT f.index_id, f.embedding, s.id IS NULL AS orphan FROM faces f "
-                "LEFT JOIN subjects s ON s.id = f.subject_id ORDER BY f.index_id"
-            ).fetchall()
-        bad: list[BadRow] = []
-        sized_ids: list[int] = []
-        blobs: list[bytes] = []
-        orphan: list[bool] = []
-        for index_id, blob, no_subject in rows:
-            if isinstance(blob, bytes) and len(blob) == size:
-                sized_ids.append(index_id)
-                blobs.append(blob)
-                orphan.append(bool(no_subject))
-            else:
-                length = len(blob) if isinstance(blob, bytes | str) else type(blob).__name__
-                bad.append(BadRow(index_id, f"embedding of {length} bytes, need {size}"))
-        ids = np.asarray(sized_ids, dtype=np.int64)
-        matrix = _matrix(blobs, pin.embedding_size)
-        finite = np.isfinite(matrix).all(axis=1)  # one vectorised pass over every embedding
-        orphaned = np.asarray(orphan, dtype=bool) & finite
-        bad += [BadRow(int(i), "embedding has NaN or infinite values") for i in ids[~finite]]
-        bad += [BadRow(int(i), "its subject does not exist") for i in ids[orphaned]]
-        bad.sort(key=lambda row: row.index_id)
-        keep = finite & ~orphaned
-        return ids[keep], matrix[keep], bad
+    def searchable_embeddings(self) -> tuple[IntArray, FloatArray, list[BadRow]]: ...
 
-    def quarantine(self, bad: Sequence[BadRow]) -> int:
-        """Move ``bad`` faces (with their crops) into ``quarantined_faces``, in one transaction.
+    # pack pin
+    def pinned_pack(self) -> PackPin | None: ...
 
-        Nothing is deleted: the rows stay in the file, out of the service's way, for an operator.
-        """
-        if not bad:
-            return 0
-        now = _now()
-        with self._transaction() as conn:
-            conn.execute(_QUARANTINE_SCHEMA)
-            for row in bad:
-                conn.execute(
-                    "INSERT INTO quarantined_faces (reason, quarantined_at, index_id, id, subject_id, "
-                    "embedding, pack_id, det_score, quality, created_at, png, landmarks) "
-                    "SELECT ?, ?, f.index_id, f.id, f.subject_id, f.embedding, f.pack_id, f.det_score, "
-                    "f.quality, f.created_at, c.png, c.landmarks FROM faces f "
-                    "LEFT JOIN face_crops c ON c.index_id = f.index_id WHERE f.index_id = ?",
-                    (row.reason, now, row.index_id),
-                )
-                conn.execute("DELETE FROM face_crops WHERE index_id = ?", (row.index_id,))
-                conn.execute("DELETE FROM faces WHERE index_id = ?", (row.index_id,))
-        return len(bad)
+    def pin(self, pack_id: str, embedding_size: int) -> PackPin: ...
 
-    def quarantined_count(self) -> int:
-        with self._lock:
-            exists = self._conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'quarantined_faces'"
-            ).fetchone()
-            if exists is None:
-                return 0
-            return int(self._conn.execute("SELECT COUNT(*) FROM quarantined_faces").fetchone()[0])
+    # subjects
+    def create_subject(self, name: str, metadata: Mapping[str, Any] | None = None) -> Subject: ...
 
-    # ------------------------------------------------------------------ pack pin
+    def get_subject(self, subject_id: str) -> Subject: ...
 
-    def pinned_pack(self) -> PackPin | None:
-        with self._lock:
-            row = self._conn.execute("SELECT schema_version, pack_id, embedding_size FROM meta").fetchone()
-        if row is None:
-            return None
-        return PackPin(pack_id=row["pack_id"], embedding_size=row["embedding_size"], schema_version=row[0])
-
-    def pin(self, pack_id: str, embedding_size: int) -> PackPin:
-        """Pin a new gallery to ``pack_id``, or check that an existing one already is.
-
-        Only an empty gallery is pinned: faces without a pin come from an unknown pack.
-        """
-        with self._transaction() as conn:
-            row = conn.execute("SELECT pack_id, embedding_size FROM meta").fetchone()
-            if row is None:
-                faces = int(conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0])
-                if faces:
-                    raise PackPinMissingError(self._path, faces)
-                conn.execute(
-                    "INSERT INTO meta (singleton, schema_version, pack_id, embedding_size) "
-                    "VALUES (1, ?, ?, ?)",
-                    (SCHEMA_VERSION, pack_id, embedding_size),
-                )
-                return PackPin(pack_id, embedding_size)
-        if row["pack_id"] != pack_id:
-            raise PackMismatchError(self._path, row["pack_id"], pack_id)
-        if row["embedding_size"] != embedding_size:
-            raise PackMismatchError(
-                self._path,
-                row["pack_id"],
-                pack_id,
-                f" (same id, but {row['embedding_size']}-d stored vs {embedding_size}-d now: "
-                "the pack changed)",
-            )
-        return PackPin(pack_id, embedding_size)
-
-    def _require_pin(self) -> PackPin:
-        pin = self.pinned_pack()
-        if pin is None:
-            raise GalleryError(f"{self._path} is not pinned to a pack yet (call pin() first)")
-        return pin
-
-    # ------------------------------------------------------------------ subjects
-
-    def create_subject(self, name: str, metadata: Mapping[str, Any] | None = None) -> Subject:
-        subject_id = str(uuid.uuid4())
-        now = _now()
-        with self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO subjects (id, name, metadata, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                (subject_id, name, json.dumps(dict(metadata or {})), now, now),
-            )
-        return Subject(subject_id, name, dict(metadata or {}), now, now, 0)
-
-    _SUBJECT_COLUMNS = (
-        "s.seq, s.id, s.name, s.metadata, s.created_at, s.updated_at, "
-        "(SELECT COUNT(*) FROM faces f WHERE f.subject_id = s.id) AS face_count"
-    )
-
-    def get_subject(self, subject_id: str) -> Subject:
-        with self._lock:
-            row = self._conn.execute(
-                f"SELECT {self._SUBJECT_COLUMNS} FROM subjects s WHERE s.id = ?", (subject_id,)
-            ).fetchone()
-        if row is None:
-            raise SubjectNotFoundError(subject_id)
-        return _subject(row)
-
-    def list_subjects(self, cursor: str | None = None, limit: int = 50) -> SubjectPage:
-        """Subjects in creation order; pass ``next_cursor`` back for the next page."""
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        after = _decode_cursor(cursor) if cursor else 0
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT {self._SUBJECT_COLUMNS} FROM subjects s WHERE s.seq > ? ORDER BY s.seq LIMIT ?",
-                (after, limit + 1),
-            ).fetchall()
-        items = [_subject(row) for row in rows[:limit]]
-        next_cursor = _encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
-        return SubjectPage(items, next_cursor)
+    def list_subjects(self, cursor: str | None = None, limit: int = 50) -> SubjectPage: ...
 
     def update_subject(
         self, subject_id: str, *, name: str | None = None, metadata: Mapping[str, Any] | None = None
-    ) -> Subject:
-        with self._transaction() as conn:
-            row = conn.execute("SELECT name, metadata FROM subjects WHERE id = ?", (subject_id,)).fetchone()
-            if row is None:
-                raise SubjectNotFoundError(subject_id)
-            conn.execute(
-                "UPDATE subjects SET name = ?, metadata = ?, updated_at = ? WHERE id = ?",
-                (
-                    row["name"] if name is None else name,
-                    row["metadata"] if metadata is None else json.dumps(dict(metadata)),
-                    _now(),
-                    subject_id,
-                ),
-            )
-        return self.get_subject(subject_id)
+    ) -> Subject: ...
 
-    def delete_subject(self, subject_id: str) -> list[FaceRef]:
-        """Delete a subject and (cascade) its faces; returns the deleted faces."""
-        with self._transaction() as conn:
-            faces = [
-                FaceRef(row["id"], row["index_id"])
-                for row in conn.execute("SELECT id, index_id FROM faces WHERE subject_id = ?", (subject_id,))
-            ]
-            if conn.execute("DELETE FROM subjects WHERE id = ?", (subject_id,)).rowcount == 0:
-                raise SubjectNotFoundError(subject_id)
-        return faces
+    def delete_subject(self, subject_id: str) -> list[FaceRef]: ...
 
-    # ------------------------------------------------------------------ faces
+    # faces
+    def add_faces(self, subject_id: str, faces: Sequence[NewFace]) -> list[FaceRecord]: ...
 
-    def add_faces(self, subject_id: str, faces: Sequence[NewFace]) -> list[FaceRecord]:
-        """Add all ``faces`` in one transaction: after an error, none of them is stored."""
-        pin = self._require_pin()
-        rows = [self._face_row(face, pin) for face in faces]
-        now = _now()
-        records: list[FaceRecord] = []
-        with self._transaction() as conn:
-            if conn.execute("SELECT 1 FROM subjects WHERE id = ?", (subject_id,)).fetchone() is None:
-                raise SubjectNotFoundError(subject_id)
-            for face, (face_id, blob, quality_json, crop) in zip(faces, rows, strict=True):
-                cursor = conn.execute(
-                    "INSERT INTO faces (id, subject_id, embedding, pack_id, det_score, quality, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (face_id, subject_id, blob, pin.pack_id, float(face.det_score), quality_json, now),
-                )
-                index_id = int(cursor.lastrowid or 0)
-                if crop is not None:
-                    conn.execute(
-                        "INSERT INTO face_crops (index_id, png, landmarks) VALUES (?, ?, ?)",
-                        (index_id, *crop),
-                    )
-                records.append(
-                    FaceRecord(
-                        face_id,
-                        index_id,
-                        subject_id,
-                        pin.pack_id,
-                        float(face.det_score),
-                        json.loads(quality_json),
-                        now,
-                        crop is not None,
-                    )
-                )
-            conn.execute("UPDATE subjects SET updated_at = ? WHERE id = ?", (now, subject_id))
-        return records
+    def list_faces(self, subject_id: str) -> list[FaceRecord]: ...
 
-    def _face_row(self, face: NewFace, pin: PackPin) -> tuple[str, bytes, str, tuple[bytes, str] | None]:
-        # Validated and encoded before the transaction starts: a bad face fails fast, nothing held.
-        embedding = np.asarray(face.embedding, dtype="<f4")
-        if embedding.shape != (pin.embedding_size,):
-            raise EmbeddingSizeError(
-                f"embedding of shape {embedding.shape}; the gallery holds {pin.embedding_size}-d embeddings"
-            )
-        if not np.all(np.isfinite(embedding)):
-            raise EmbeddingSizeError("embedding has non-finite values")
-        quality = {key: float(value) for key, value in face.quality.items()}
-        crop: tuple[bytes, str] | None = None
-        if face.crop is not None:
-            landmarks = np.asarray(face.crop.landmarks, dtype=np.float64)
-            if landmarks.shape != (5, 2):
-                raise ValueError(f"crop landmarks must be (5, 2), got {landmarks.shape}")
-            crop = (encode_png(face.crop.image), json.dumps(landmarks.tolist()))
-        return str(uuid.uuid4()), embedding.tobytes(), json.dumps(quality), crop
+    def get_face(self, face_id: str) -> FaceRecord: ...
 
-    _FACE_COLUMNS = (
-        "f.id, f.index_id, f.subject_id, f.pack_id, f.det_score, f.quality, f.created_at, "
-        "EXISTS (SELECT 1 FROM face_crops c WHERE c.index_id = f.index_id) AS has_crop"
-    )
+    def get_crop(self, face_id: str) -> StoredCrop | None: ...
 
-    def list_faces(self, subject_id: str) -> list[FaceRecord]:
-        with self._lock:
-            if self._conn.execute("SELECT 1 FROM subjects WHERE id = ?", (subject_id,)).fetchone() is None:
-                raise SubjectNotFoundError(subject_id)
-            rows = self._conn.execute(
-                f"SELECT {self._FACE_COLUMNS} FROM faces f WHERE f.subject_id = ? ORDER BY f.index_id",
-                (subject_id,),
-            ).fetchall()
-        return [_face_record(row) for row in rows]
+    def delete_face(self, face_id: str, subject_id: str | None = None) -> FaceRef: ...
 
-    def get_face(self, face_id: str) -> FaceRecord:
-        with self._lock:
-            row = self._conn.execute(
-                f"SELECT {self._FACE_COLUMNS} FROM faces f WHERE f.id = ?", (face_id,)
-            ).fetchone()
-        if row is None:
-            raise FaceNotFoundError(face_id)
-        return _face_record(row)
+    def subject_embeddings(self, subject_id: str) -> FloatArray: ...
 
-    def get_crop(self, face_id: str) -> StoredCrop | None:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT c.png, c.landmarks FROM faces f LEFT JOIN face_crops c ON c.index_id = f.index_id "
-                "WHERE f.id = ?",
-                (face_id,),
-            ).fetchone()
-        if row is None:
-            raise FaceNotFoundError(face_id)
-        if row["png"] is None:
-            return None
-        return _crop(row["png"], row["landmarks"])
+    def all_embeddings(self) -> tuple[IntArray, FloatArray]: ...
 
-    def delete_face(self, face_id: str, subject_id: str | None = None) -> FaceRef:
-        """Delete one face (of ``subject_id`` when given); raises FaceNotFoundError otherwise."""
-        with self._transaction() as conn:
-            row = conn.execute("SELECT index_id, subject_id FROM faces WHERE id = ?", (face_id,)).fetchone()
-            if row is None or (subject_id is not None and row["subject_id"] != subject_id):
-                raise FaceNotFoundError(face_id)
-            conn.execute("DELETE FROM faces WHERE id = ?", (face_id,))
-            conn.execute("UPDATE subjects SET updated_at = ? WHERE id = ?", (_now(), row["subject_id"]))
-        return FaceRef(face_id, row["index_id"])
+    def owners(self, index_ids: Sequence[int]) -> dict[int, FaceOwner]: ...
 
-    def subject_embeddings(self, subject_id: str) -> FloatArray:
-        """(n, D) embeddings of one subject's faces; raises SubjectNotFoundError."""
-        pin = self._require_pin()
-        with self._lock:
-            if self._conn.execute("SELECT 1 FROM subjects WHERE id = ?", (subject_id,)).fetchone() is None:
-                raise SubjectNotFoundError(subject_id)
-            blobs = [
-                row[0]
-                for row in self._conn.execute(
-                    "SELECT embedding FROM faces WHERE subject_id = ? ORDER BY index_id", (subject_id,)
-                )
-            ]
-        return _matrix(blobs, pin.embedding_size)
+    def counts(self) -> GalleryCounts: ...
 
-    def all_embeddings(self) -> tuple[IntArray, FloatArray]:
-        """Every face's (index_id, embedding), for rebuilding the index."""
-        pin = self._require_pin()
-        with self._lock:
-            rows = self._conn.execute("SELECT index_id, embedding FROM faces ORDER BY index_id").fetchall()
-        ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
-        return ids, _matrix([row[1] for row in rows], pin.embedding_size)
+    # re-embedding
+    def iter_crops(self, batch_size: int = 256) -> Iterator[list[tuple[int, StoredCrop]]]: ...
 
-    def owners(self, index_ids: Sequence[int]) -> dict[int, FaceOwner]:
-        """The face and subject behind each FAISS id still present (deleted ones are absent)."""
-        unique = sorted({int(i) for i in index_ids if i >= 0})
-        owners: dict[int, FaceOwner] = {}
-        with self._lock:
-            for start in range(0, len(unique), 500):  # keep under SQLite's bound-parameter limit
-                chunk = unique[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                for row in self._conn.execute(
-                    "SELECT f.index_id, f.id, f.subject_id, s.name FROM faces f "
-                    f"JOIN subjects s ON s.id = f.subject_id WHERE f.index_id IN ({marks})",
-                    chunk,
-                ):
-                    owners[row[0]] = FaceOwner(row[0], row[1], row[2], row[3])
-        return owners
+    def faces_without_crop(self) -> list[FaceRef]: ...
 
-    def counts(self) -> GalleryCounts:
-        with self._lock:
-            subjects = self._conn.execute("SELECT COUNT(*) FROM subjects").fetchone()[0]
-            faces = self._conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
-        return GalleryCounts(int(subjects), int(faces))
-
-    # ------------------------------------------------------------------ re-embedding
-
-    def iter_crops(self, batch_size: int = 256) -> Iterator[list[tuple[int, StoredCrop]]]:
-        """Batches of (index_id, crop) for every face that has a crop, in index_id order."""
-        last = 0
-        while True:
-            with self._lock:
-                rows = self._conn.execute(
-                    "SELECT index_id, png, landmarks FROM face_crops "
-                    "WHERE index_id > ? ORDER BY index_id LIMIT ?",
-                    (last, batch_size),
-                ).fetchall()
-            if not rows:
-                return
-            yield [(row[0], _crop(row[1], row[2])) for row in rows]
-            last = rows[-1][0]
-
-    def faces_without_crop(self) -> list[FaceRef]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT f.id, f.index_id FROM faces f LEFT JOIN face_crops c ON c.index_id = f.index_id "
-                "WHERE c.index_id IS NULL ORDER BY f.index_id"
-            ).fetchall()
-        return [FaceRef(row[0], row[1]) for row in rows]
-
-    @contextmanager
-    def repinning(self, new_pin: PackPin, *, delete_unconverted: bool = False) -> Iterator[EmbeddingWriter]:
-        """Switch the gallery to another pack in ONE transaction (all or nothing).
-
-        The block writes every face's new embedding through the yielded writer; at its end the pin
-        moves to ``new_pin``. Faces left unconverted make the switch fail (rolled back), or are
-        deleted when ``delete_unconverted``. Reads inside the block still see the old embeddings
-        of faces not yet written.
-        """
-        old = self._require_pin()
-        if old.pack_id == new_pin.pack_id:
-            raise ValueError(f"the gallery is already pinned to {new_pin.pack_id!r}")
-        with self._transaction() as conn:
-            yield EmbeddingWriter(conn, new_pin)
-            # Faces still carrying another pack id were not re-embedded.
-            left = conn.execute(
-                "SELECT COUNT(*) FROM faces WHERE pack_id != ?", (new_pin.pack_id,)
-            ).fetchone()[0]
-            if left and not delete_unconverted:
-                raise GalleryError(f"{left} faces were not re-embedded; nothing was changed")
-            conn.execute("DELETE FROM faces WHERE pack_id != ?", (new_pin.pack_id,))
-            conn.execute(
-                "UPDATE meta SET pack_id = ?, embedding_size = ?, schema_version = ?",
-                (new_pin.pack_id, new_pin.embedding_size, SCHEMA_VERSION),
-            )
+    def repinning(
+        self, new_pin: PackPin, *, delete_unconverted: bool = False
+    ) -> AbstractContextManager[EmbeddingWriter]: ...
 
 
-class EmbeddingWriter:
-    """Writes new embeddings inside ``GalleryStore.repinning`` (its transaction is already open)."""
+class GalleryLock(Protocol):
+    """What keeps other processes off a gallery while it is open (a backend may bring none)."""
 
-    def __init__(self, conn: sqlite3.Connection, pin: PackPin) -> None:
-        self._conn = conn
-        self._pin = pin
-        self.written = 0
-
-    def write(self, index_ids: Sequence[int], embeddings: FloatArray) -> None:
-        matrix = np.asarray(embeddings, dtype="<f4")
-        if matrix.shape != (len(index_ids), self._pin.embedding_size) or not np.all(np.isfinite(matrix)):
-            raise EmbeddingSizeError(
-                f"need ({len(index_ids)}, {self._pin.embedding_size}) finite embeddings, got {matrix.shape}"
-            )
-        cursor = self._conn.executemany(
-            "UPDATE faces SET embedding = ?, pack_id = ? WHERE index_id = ?",
-            [(row.tobytes(), self._pin.pack_id, int(i)) for i, row in zip(index_ids, matrix, strict=True)],
-        )
-        if cursor.rowcount != len(index_ids):
-            raise GalleryError(f"{len(index_ids) - cursor.rowcount} of the re-embedded faces no longer exist")
-        self.written += len(index_ids)
+    def release(self) -> None: ...
 
 
-def _subject(row: sqlite3.Row) -> Subject:
-    return Subject(
-        id=row["id"],
-        name=row["name"],
-        metadata=_stored_metadata(row["metadata"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        face_count=int(row["face_count"]),
-    )
+@dataclass(frozen=True)
+class StoreOptions:
+    """Which backend holds the gallery, and its settings (only its name today: SQLite needs none)."""
+
+    backend: str = "sqlite"
 
 
-def _stored_metadata(text: object) -> dict[str, Any]:
-    """The stored metadata object; a row that isn't JSON (hand-edited, older version) must not break reads."""
-    try:
-        value = json.loads(text) if isinstance(text, str | bytes) else text
-    except (ValueError, RecursionError):
-        return {UNREADABLE_METADATA_KEY: "stored metadata is not valid JSON"}
-    return value if isinstance(value, dict) else {UNREADABLE_METADATA_KEY: "stored metadata is not an object"}
+@dataclass(frozen=True)
+class OpenedStore:
+    """A backend's store and the lock it took; ``close`` releases both."""
 
+    store: GalleryStore
+    lock: GalleryLock | None
 
-def _face_record(row: sqlite3.Row) -> FaceRecord:
-    return FaceRecord(
-        id=row["id"],
-        index_id=int(row["index_id"]),
-        subject_id=row["subject_id"],
-        pack_id=row["pack_id"],
-        det_score=float(row["det_score"]),
-        quality=json.loads(row["quality"]),
-        created_at=row["created_at"],
-        has_crop=bool(row["has_crop"]),
-    )
-
-
-def _crop(png: bytes, landmarks_json: str) -> StoredCrop:
-    return StoredCrop(decode_png(png), np.asarray(json.loads(landmarks_json), dtype=np.float32))
-
-
-def _matrix(blobs: Sequence[bytes], embedding_size: int) -> FloatArray:
-    matrix = np.empty((len(blobs), embedding_size), dtype=np.float32)
-    for row, blob in enumerate(blobs):
-        if not isinstance(blob, bytes) or len(blob) != 4 * embedding_size:
-            raise GalleryError(
-                f"a stored embedding is not {embedding_size} float32 values: run `face-service check`"
-            )
-        matrix[row] = np.frombuffer(blob, dtype="<f4")
-    return matrix
+    def close(self) -> None:
+        try:
+            self.store.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
 
 # SQLite's primary result code for "the disk (or the file-size limit) is full".

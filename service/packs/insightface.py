@@ -2,9 +2,10 @@
 
 Roles come from known file tables, never from tensor shapes: each table names the detector and
 the embedder file of a pack and the conventions insightface itself uses for them
-(``insightface/model_zoo/scrfd.py``, ``arcface_onnx.py``, ``utils/face_align.py``). Only tensor
-*names* are read from the graphs, in the model's output order. Other files of those packs
-(1k3d68, 2d106det, genderage) are ignored. No torch here.
+(``insightface/model_zoo/scrfd.py``, ``arcface_onnx.py``, ``utils/face_align.py``; the embedders'
+chips are ``service.packs.conventions.ARCFACE_112``). Only tensor *names* are read from the graphs,
+in the model's output order. Other files of those packs (1k3d68, 2d106det, genderage) are ignored.
+No torch here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from service.packs.loader import PackError, sha256_file, write_manifest
+from service.packs.conventions import ARCFACE_112, ChipConvention
+from service.packs.files import PackError, sha256_file, write_manifest
 from service.packs.manifest import (
     Calibration,
     ColorOrder,
@@ -25,26 +27,8 @@ from service.packs.manifest import (
     PixelNormalization,
     Provenance,
     ScrfdDecoder,
-    TemplateDerivation,
 )
 
-# insightface/utils/face_align.py ``arcface_dst``: where its ArcFace models expect the 5 points.
-ARCFACE_TEMPLATE_112 = (
-    (38.2946, 51.6963),
-    (73.5318, 51.5014),
-    (56.0252, 71.7366),
-    (41.5493, 92.3655),
-    (70.7299, 92.2041),
-)
-ARCFACE_TEMPLATE_DERIVATION = TemplateDerivation(
-    method="insightface arcface_dst (insightface/utils/face_align.py): the template its ArcFace "
-    "recognition models were trained with",
-)
-# ArcFaceONNX.get_feat: cv2.dnn.blobFromImages(img, 1/127.5, ..., mean 127.5, swapRB=True) on BGR
-# images, i.e. RGB channels scaled to [-1, 1].
-ARCFACE_NORMALIZATION = PixelNormalization(
-    color_order=ColorOrder.RGB, mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5)
-)
 # SCRFD._prepare_input_blob: blobFromImage(img, 1/128, ..., mean 127.5, swapRB=True): RGB.
 SCRFD_NORMALIZATION = PixelNormalization(
     color_order=ColorOrder.RGB, mean=(127.5, 127.5, 127.5), std=(128.0, 128.0, 128.0)
@@ -68,7 +52,7 @@ class InsightfacePackLayout:
     embedder_file: str
     embedder_description: str
     embedding_size: int
-    embedder_input_size: tuple[int, int] = (112, 112)
+    embedder_convention: ChipConvention = ARCFACE_112
 
 
 INSIGHTFACE_PACKS: Mapping[str, InsightfacePackLayout] = MappingProxyType(
@@ -151,6 +135,7 @@ def insightface_manifest(pack_dir: Path, matched: MatchedLayout) -> PackManifest
     embedder_sha = sha256_file(emb_path)
     files = {matched.detector_file: sha256_file(det_path), matched.embedder_file: embedder_sha}
     pack_source = f"insightface model pack {layout.name!r}, placed locally"
+    chips = layout.embedder_convention
     return PackManifest(
         id=f"insightface-{layout.name}-{embedder_sha[:8]}",
         description=(
@@ -175,10 +160,10 @@ def insightface_manifest(pack_dir: Path, matched: MatchedLayout) -> PackManifest
             file=matched.embedder_file,
             input_name=emb_input,
             output_name=emb_outputs[0],
-            input_size=layout.embedder_input_size,
-            normalization=ARCFACE_NORMALIZATION,
-            template=ARCFACE_TEMPLATE_112,
-            template_derivation=ARCFACE_TEMPLATE_DERIVATION,
+            input_size=chips.input_size,
+            normalization=chips.normalization,
+            template=chips.template,
+            template_derivation=chips.template_derivation,
             embedding_size=layout.embedding_size,
             flip_augmentation=False,  # insightface embeds the chip alone
             provenance=Provenance(

@@ -9,7 +9,6 @@ measured on the user's data to the manifest's calibration; the pack's own ``defa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -21,20 +20,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from service.atomic_files import write_text_atomic
+from service.packs.files import PackError, sha256_file, write_manifest
+from service.packs.insightface import INSIGHTFACE_PACKS, insightface_manifest, match_insightface_layout
 from service.packs.manifest import MANIFEST_FILE, Calibration, OperatingPoint, PackManifest
 
 logger = logging.getLogger(__name__)
 
 # Same rule as Settings.pack: a single path component that cannot be "." or "..".
 PACK_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_HASH_CHUNK = 1 << 20
 CALIBRATION_FILE = "calibration.json"
 DEFAULT_OPERATING_POINT = "default"
-
-
-class PackError(ValueError):
-    """A pack folder cannot be used: the message says what is wrong and where."""
 
 
 @dataclass(frozen=True)
@@ -64,15 +59,6 @@ class CalibrationFile(BaseModel):
     created_by: str = ""
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks (packs hold files of hundreds of MB)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def resolve_pack_dir(models_dir: Path, name: str) -> Path:
     """``models_dir / name`` for a pack name that is one plain path component (no traversal)."""
     if not PACK_NAME_PATTERN.fullmatch(name):
@@ -92,7 +78,6 @@ BUILT_IN_PACKS: Mapping[str, str] = MappingProxyType(
 def how_to_provide_pack(pack_dir: Path) -> str:
     """What to run, or what to place where, so that ``pack_dir`` holds the pack its name stands for."""
     from service.command_hints import command_hint
-    from service.packs.insightface import INSIGHTFACE_PACKS
 
     name = pack_dir.name
     if name in BUILT_IN_PACKS:
@@ -214,11 +199,6 @@ def verify_files(pack_dir: Path, manifest: PackManifest) -> None:
         raise PackError(f"pack {pack_dir} failed verification: " + "; ".join(problems))
 
 
-def write_manifest(pack_dir: Path, manifest: PackManifest) -> Path:
-    """Write ``manifest.json`` atomically (temp file, fsync, rename) so readers never see half of it."""
-    return write_text_atomic(pack_dir / MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
-
-
 def load_pack(pack_dir: Path, *, verify: bool = True) -> LoadedPack:
     """Load the pack in ``pack_dir``; with ``verify`` every file's sha256 is checked.
 
@@ -298,9 +278,6 @@ def merge_calibration(pack: Calibration, measured: CalibrationFile) -> Calibrati
 
 
 def _manifest_for_unlabelled_pack(pack_dir: Path) -> PackManifest:
-    # Imported here: only folders without a manifest need the insightface tables (and onnxruntime).
-    from service.packs.insightface import insightface_manifest, match_insightface_layout
-
     layout = match_insightface_layout(pack_dir)
     if layout is None:
         raise PackError(

@@ -10,39 +10,25 @@ and log size ratios, ``conf`` (N, 2) [background, face], ``landmarks`` (N, 10) f
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
-import numpy.typing as npt
 
 from service.packs.manifest import DetectorSpec, RetinaFaceDecoder
-from service.pipeline.detect import (
-    DetectionOptions,
-    check_model_names,
-    prepare_input,
-    select_faces,
-    to_image_coordinates,
-)
+from service.pipeline.detect import DetectionOptions
+from service.pipeline.detector_io import bind_model, decoder_of
+from service.pipeline.session import InferenceSession
 from service.pipeline.types import DetectedFace, FloatArray, ImageArray
-
-if TYPE_CHECKING:
-    import onnxruntime
 
 
 class RetinaFaceDetector:
     """A ``FaceDetector`` for RetinaFace models (priors cached per input shape, per instance)."""
 
-    def __init__(
-        self, spec: DetectorSpec, session: onnxruntime.InferenceSession, options: DetectionOptions
-    ) -> None:
-        if not isinstance(spec.decoder, RetinaFaceDecoder):
-            raise TypeError(f"RetinaFaceDetector needs a retinaface decoder, got {spec.decoder.kind!r}")
-        if len(spec.decoder.steps) != len(spec.decoder.min_sizes):
+    def __init__(self, spec: DetectorSpec, session: InferenceSession, options: DetectionOptions) -> None:
+        decoder = decoder_of(spec, RetinaFaceDecoder, "RetinaFaceDetector")
+        if len(decoder.steps) != len(decoder.min_sizes):
             raise ValueError("retinaface decoder: steps and min_sizes must have the same length")
-        check_model_names(spec, session, spec.decoder.output_names)
-        self._spec = spec
-        self._decoder: RetinaFaceDecoder = spec.decoder
-        self._session = session
+        self._model = bind_model(spec, decoder, session, options, decoder.output_names, (4, 2, 10))
+        self._decoder = decoder
         self._options = options
         # (height, width) -> (N, 4) priors cx, cy, w, h in input pixels. The cache is bounded: a fixed
         # input has one shape; a dynamic one has its longest side fixed and the other a multiple of
@@ -51,16 +37,8 @@ class RetinaFaceDetector:
         self._priors: dict[tuple[int, int], FloatArray] = {}
 
     def detect(self, image: ImageArray) -> list[DetectedFace]:
-        prepared = prepare_input(image, self._spec, self._options.input_size)
-        loc, conf, landmarks = self._session.run(
-            list(self._decoder.output_names), {self._spec.input_name: prepared.blob}
-        )
+        prepared, ((loc, conf, landmarks),) = self._model.run(image)
         priors = self._priors_for(prepared.height, prepared.width)
-        loc, conf, landmarks = (
-            _first_in_batch(loc, 4),
-            _first_in_batch(conf, 2),
-            _first_in_batch(landmarks, 10),
-        )
         if not loc.shape[0] == conf.shape[0] == landmarks.shape[0] == priors.shape[0]:
             raise ValueError(
                 f"retinaface outputs have {loc.shape[0]}/{conf.shape[0]}/{landmarks.shape[0]} rows but the "
@@ -72,12 +50,7 @@ class RetinaFaceDetector:
         priors = priors[candidates]
         boxes = decode_boxes(loc[candidates], priors, self._decoder.variances)
         points = decode_landmarks(landmarks[candidates], priors, self._decoder.variances)
-        return select_faces(
-            to_image_coordinates(boxes, prepared),
-            scores[candidates].astype(np.float32),
-            to_image_coordinates(points, prepared),
-            self._options,
-        )
+        return self._model.faces(boxes, scores[candidates], points, prepared)
 
     def _priors_for(self, height: int, width: int) -> FloatArray:
         key = (height, width)
@@ -115,12 +88,8 @@ def decode_landmarks(offsets: FloatArray, priors: FloatArray, variances: tuple[f
     return (centres + offsets * variances[0] * sizes).astype(np.float32)
 
 
-def _first_in_batch(output: npt.NDArray[np.float32], width: int) -> FloatArray:
-    array = np.asarray(output, dtype=np.float32)
-    return array[0] if array.ndim == 3 else array.reshape(-1, width)
-
-
 def _softmax_face_score(logits: FloatArray) -> FloatArray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
-    return (exp[:, 1] / exp.sum(axis=1)).astype(np.float32)
+    probabilities: FloatArray = (exp[:, 1] / exp.sum(axis=1)).astype(np.float32)
+    return probabilities

@@ -10,56 +10,35 @@ both in units of the stride: ``x1 = cx − d0·s, y1 = cy − d1·s, x2 = cx + d
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
-import numpy.typing as npt
 
 from service.packs.manifest import DetectorSpec, ScrfdDecoder
-from service.pipeline.detect import (
-    DetectionOptions,
-    check_model_names,
-    prepare_input,
-    select_faces,
-    to_image_coordinates,
-)
+from service.pipeline.detect import DetectionOptions
+from service.pipeline.detector_io import bind_model, decoder_of
+from service.pipeline.session import InferenceSession
 from service.pipeline.types import DetectedFace, FloatArray, ImageArray
-
-if TYPE_CHECKING:
-    import onnxruntime
 
 
 class ScrfdDetector:
     """A ``FaceDetector`` for SCRFD models with keypoints (anchor centres cached per input shape)."""
 
-    def __init__(
-        self, spec: DetectorSpec, session: onnxruntime.InferenceSession, options: DetectionOptions
-    ) -> None:
-        if not isinstance(spec.decoder, ScrfdDecoder):
-            raise TypeError(f"ScrfdDetector needs an scrfd decoder, got {spec.decoder.kind!r}")
-        if len(spec.decoder.outputs) != len(spec.decoder.strides):
+    def __init__(self, spec: DetectorSpec, session: InferenceSession, options: DetectionOptions) -> None:
+        decoder = decoder_of(spec, ScrfdDecoder, "ScrfdDetector")
+        if len(decoder.outputs) != len(decoder.strides):
             raise ValueError("scrfd decoder: one (scores, bbox, kps) output triple per stride is needed")
-        if spec.decoder.anchors_per_location < 1:
+        if decoder.anchors_per_location < 1:
             raise ValueError("scrfd decoder: anchors_per_location must be at least 1")
-        self._output_names = [name for triple in spec.decoder.outputs for name in triple]
-        check_model_names(spec, session, tuple(self._output_names))
-        self._spec = spec
-        self._decoder: ScrfdDecoder = spec.decoder
-        self._session = session
+        names = [name for triple in decoder.outputs for name in triple]
+        self._model = bind_model(spec, decoder, session, options, names, (1, 4, 10))
+        self._decoder = decoder
         self._options = options
         # (height, width, stride) -> (N, 2) anchor centres in input pixels.
         self._centres: dict[tuple[int, int, int], FloatArray] = {}
 
     def detect(self, image: ImageArray) -> list[DetectedFace]:
-        prepared = prepare_input(image, self._spec, self._options.input_size)
-        raw = self._session.run(self._output_names, {self._spec.input_name: prepared.blob})
+        prepared, groups = self._model.run(image)
         all_scores, all_boxes, all_points = [], [], []
-        for index, stride in enumerate(self._decoder.strides):
-            scores, distances, offsets = (
-                _rows(raw[3 * index], 1),
-                _rows(raw[3 * index + 1], 4),
-                _rows(raw[3 * index + 2], 10),
-            )
+        for stride, (scores, distances, offsets) in zip(self._decoder.strides, groups, strict=True):
             centres = self._centres_for(prepared.height, prepared.width, stride)
             if not scores.shape[0] == distances.shape[0] == offsets.shape[0] == centres.shape[0]:
                 raise ValueError(
@@ -72,11 +51,8 @@ class ScrfdDetector:
             all_scores.append(scores[keep, 0])
             all_boxes.append(distance_to_box(centres[keep], distances[keep], stride))
             all_points.append(offsets_to_points(centres[keep], offsets[keep], stride))
-        return select_faces(
-            to_image_coordinates(np.concatenate(all_boxes), prepared),
-            np.concatenate(all_scores).astype(np.float32),
-            to_image_coordinates(np.concatenate(all_points), prepared),
-            self._options,
+        return self._model.faces(
+            np.concatenate(all_boxes), np.concatenate(all_scores), np.concatenate(all_points), prepared
         )
 
     def _centres_for(self, height: int, width: int, stride: int) -> FloatArray:
@@ -103,8 +79,3 @@ def distance_to_box(centres: FloatArray, distances: FloatArray, stride: int) -> 
 def offsets_to_points(centres: FloatArray, offsets: FloatArray, stride: int) -> FloatArray:
     """(N, 10) interleaved x, y of five keypoints from offsets given in strides."""
     return (np.tile(centres, 5) + offsets * stride).astype(np.float32)
-
-
-def _rows(output: npt.NDArray[np.float32], width: int) -> FloatArray:
-    array = np.asarray(output, dtype=np.float32)
-    return array[0] if array.ndim == 3 else array.reshape(-1, width)

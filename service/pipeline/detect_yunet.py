@@ -8,49 +8,32 @@ input is raw BGR 0..255, padded to a multiple of 32 (the pack declares that, not
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
-import numpy.typing as npt
 
 from service.packs.manifest import DetectorSpec, YuNetDecoder
-from service.pipeline.detect import (
-    DetectionOptions,
-    check_model_names,
-    prepare_input,
-    select_faces,
-    to_image_coordinates,
-)
+from service.pipeline.detect import DetectionOptions
+from service.pipeline.detector_io import bind_model, decoder_of
+from service.pipeline.session import InferenceSession
 from service.pipeline.types import DetectedFace, FloatArray, ImageArray
-
-if TYPE_CHECKING:
-    import onnxruntime
 
 
 class YuNetDetector:
     """A ``FaceDetector`` for YuNet models (cell corners cached per input shape)."""
 
-    def __init__(
-        self, spec: DetectorSpec, session: onnxruntime.InferenceSession, options: DetectionOptions
-    ) -> None:
-        if not isinstance(spec.decoder, YuNetDecoder):
-            raise TypeError(f"YuNetDetector needs a yunet decoder, got {spec.decoder.kind!r}")
-        if len(spec.decoder.outputs) != len(spec.decoder.strides):
+    def __init__(self, spec: DetectorSpec, session: InferenceSession, options: DetectionOptions) -> None:
+        decoder = decoder_of(spec, YuNetDecoder, "YuNetDetector")
+        if len(decoder.outputs) != len(decoder.strides):
             raise ValueError("yunet decoder: one (cls, obj, bbox, kps) output group per stride is needed")
-        self._output_names = [name for group in spec.decoder.outputs for name in group]
-        check_model_names(spec, session, tuple(self._output_names))
-        self._spec = spec
-        self._decoder: YuNetDecoder = spec.decoder
-        self._session = session
+        names = [name for group in decoder.outputs for name in group]
+        self._model = bind_model(spec, decoder, session, options, names, (1, 1, 4, 10))
+        self._decoder = decoder
         self._options = options
         self._corners: dict[tuple[int, int, int], FloatArray] = {}
 
     def detect(self, image: ImageArray) -> list[DetectedFace]:
-        prepared = prepare_input(image, self._spec, self._options.input_size)
-        raw = self._session.run(self._output_names, {self._spec.input_name: prepared.blob})
+        prepared, groups = self._model.run(image)
         all_scores, all_boxes, all_points = [], [], []
-        for index, stride in enumerate(self._decoder.strides):
-            cls, obj, bbox, kps = (_rows(raw[4 * index + k], width) for k, width in enumerate((1, 1, 4, 10)))
+        for stride, (cls, obj, bbox, kps) in zip(self._decoder.strides, groups, strict=True):
             corners = self._corners_for(prepared.height, prepared.width, stride)
             if not cls.shape[0] == bbox.shape[0] == kps.shape[0] == corners.shape[0]:
                 raise ValueError(
@@ -63,11 +46,8 @@ class YuNetDetector:
             all_scores.append(scores[keep])
             all_boxes.append(cell_boxes(corners[keep], bbox[keep], stride))
             all_points.append(cell_points(corners[keep], kps[keep], stride))
-        return select_faces(
-            to_image_coordinates(np.concatenate(all_boxes), prepared),
-            np.concatenate(all_scores).astype(np.float32),
-            to_image_coordinates(np.concatenate(all_points), prepared),
-            self._options,
+        return self._model.faces(
+            np.concatenate(all_boxes), np.concatenate(all_scores), np.concatenate(all_points), prepared
         )
 
     def _corners_for(self, height: int, width: int, stride: int) -> FloatArray:
@@ -89,7 +69,3 @@ def cell_boxes(corners: FloatArray, bbox: FloatArray, stride: int) -> FloatArray
 def cell_points(corners: FloatArray, kps: FloatArray, stride: int) -> FloatArray:
     """(N, 10) interleaved x, y of five keypoints from offsets in strides."""
     return ((np.tile(corners, 5) + kps) * stride).astype(np.float32)
-
-
-def _rows(output: npt.NDArray[np.float32], width: int) -> FloatArray:
-    return np.asarray(output, dtype=np.float32).reshape(-1, width)

@@ -1,18 +1,30 @@
-"""The embedder: aligned chips → unit-length embeddings, as the pack's manifest prescribes."""
+"""The embedder: aligned chips → unit-length embeddings, as the pack's manifest prescribes.
+
+Embeddings leaving the embedder are unit vectors; nothing downstream re-normalizes. The embedder
+normalizes once (``l2_normalize``) and checks its output (``check_unit_rows``): a row that is not of
+unit norm (a model that emits NaN, infinity or all zeros) is an ``EmbeddingOutputError``, never
+passed on: the gallery and the scores trust the norm.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
 from service.packs.manifest import ColorOrder, EmbedderSpec
+from service.pipeline.session import InferenceSession, TensorInfo
 from service.pipeline.types import FloatArray, ImageArray
 
-_NORM_EPS = 1e-12
+_NORM_EPS: Final = 1e-12
+# How far from 1 a normalized float32 row's norm may be (rounding is ~1e-7; anything larger is a bug).
+_UNIT_NORM_TOLERANCE: Final = 1e-4
+
+
+class EmbeddingOutputError(RuntimeError):
+    """The embedder model produced rows that cannot be unit vectors (NaN, infinity)."""
 
 
 def l2_normalize(x: npt.NDArray[np.floating[Any]]) -> FloatArray:
@@ -25,6 +37,21 @@ def l2_normalize(x: npt.NDArray[np.floating[Any]]) -> FloatArray:
     norms = np.linalg.norm(values, axis=-1, keepdims=True)
     normalized: FloatArray = (values / np.maximum(norms, _NORM_EPS)).astype(np.float32, copy=False)
     return normalized
+
+
+def check_unit_rows(embeddings: FloatArray, model: str) -> FloatArray:
+    """``embeddings`` unchanged when every row has unit norm; else EmbeddingOutputError."""
+    norms = np.linalg.norm(embeddings, axis=-1)
+    # Written so that a NaN norm fails: NaN compares false with everything.
+    bad = np.flatnonzero(~(np.abs(norms - 1.0) <= _UNIT_NORM_TOLERANCE))
+    if bad.size:
+        first = int(bad[0])
+        raise EmbeddingOutputError(
+            f"embedder model {model!r} produced {bad.size} of {len(norms)} embeddings that are not unit "
+            f"vectors (row {first} has norm {norms[first]:.6g}); a nan norm means the model output NaN "
+            "or infinite values, a norm of 0 an all-zero output"
+        )
+    return embeddings
 
 
 def preprocess_chips(chips: Sequence[ImageArray], spec: EmbedderSpec) -> FloatArray:
@@ -48,11 +75,11 @@ def preprocess_chips(chips: Sequence[ImageArray], spec: EmbedderSpec) -> FloatAr
 
 
 class Embedder:
-    """One ONNX session of the pack's embedder; ``embed`` is thread-safe (onnxruntime's ``run`` is)."""
+    """One session of the pack's embedder; ``embed`` is thread-safe (the session's ``run`` is)."""
 
     def __init__(
         self,
-        session: ort.InferenceSession,
+        session: InferenceSession,
         spec: EmbedderSpec,
         *,
         max_batch: int = 32,
@@ -91,7 +118,10 @@ class Embedder:
         return list(self._session.get_providers())
 
     def embed(self, chips: Sequence[ImageArray]) -> FloatArray:
-        """(N, D) float32 unit-norm embeddings, in the order of ``chips``; (0, D) for none."""
+        """(N, D) float32 unit-norm embeddings, in the order of ``chips``; (0, D) for none.
+
+        Raises ``EmbeddingOutputError`` when the model's output cannot be normalized (NaN, infinity).
+        """
         outputs = [
             self._embed_batch(chips[start : start + self._max_batch])
             for start in range(0, len(chips), self._max_batch)
@@ -106,7 +136,7 @@ class Embedder:
         if self._flip:
             # Mirror on the width axis: the same as embedding horizontally flipped chips.
             raw = raw + self._run(np.ascontiguousarray(inputs[..., ::-1]))
-        return l2_normalize(raw)
+        return check_unit_rows(l2_normalize(raw), self._spec.file)
 
     def _run(self, inputs: FloatArray) -> FloatArray:
         count = inputs.shape[0]
@@ -122,7 +152,7 @@ class Embedder:
             )
         return embeddings
 
-    def _session_input(self, name: str) -> ort.NodeArg:
+    def _session_input(self, name: str) -> TensorInfo:
         for node in self._session.get_inputs():
             if node.name == name:
                 return node

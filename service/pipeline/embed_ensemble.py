@@ -4,7 +4,8 @@ The pipeline aligns each face once onto the ensemble's crop template; each membe
 that crop with the member's own template and size (a similarity transform between the two templates,
 the crop being large enough that this second resampling only shrinks). Member embeddings are unit
 norm; the result is ``normalize(concat(w_1·e_1, …, w_k·e_k))``, so its cosine is the
-``w²``-weighted mean of the members' cosines.
+``w²``-weighted mean of the members' cosines. Like ``Embedder``'s, its output rows are checked unit
+vectors that nothing downstream re-normalizes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from service.packs.manifest import EnsembleSpec
 from service.pipeline.align import align_to_template
-from service.pipeline.embed import Embedder, l2_normalize
+from service.pipeline.embed import Embedder, check_unit_rows, l2_normalize
 from service.pipeline.types import FloatArray, ImageArray
 
 
@@ -62,4 +63,5 @@ class EnsembleEmbedder:
             member.embedder.embed(self.member_chips(crops, index)) * np.float32(member.weight)
             for index, member in enumerate(self._members)
         ]
-        return l2_normalize(np.concatenate(parts, axis=1))
+        models = " + ".join(member.embedder.spec.file for member in self._members)
+        return check_unit_rows(l2_normalize(np.concatenate(parts, axis=1)), models)

@@ -17,7 +17,8 @@ import numpy as np
 from service.pipeline.align import align_to_template
 from service.pipeline.batcher import MicroBatcher
 from service.pipeline.coarse_choice import CoarsePass
-from service.pipeline.detect import DetectionOptions, FaceDetector, build_detector
+from service.pipeline.detect import DetectionOptions, FaceDetector
+from service.pipeline.detectors import build_detector
 from service.pipeline.embed import Embedder
 from service.pipeline.embed_ensemble import EnsembleEmbedder, WeightedMember
 from service.pipeline.face_choice import choose_face

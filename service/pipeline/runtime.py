@@ -1,4 +1,7 @@
-"""ONNX Runtime sessions: which execution providers to ask for, and strict device checks.
+"""ONNX Runtime sessions: which execution providers to ask for, strict device checks, and the adapter.
+
+``create_session`` returns an ``OrtSession``, the one implementation of the pipeline's
+``InferenceSession`` protocol; this is the only pipeline module that imports onnxruntime.
 
 A service told to run on CUDA must not quietly run on the CPU (latency would drop ~20× with no
 visible cause), so ``device=cuda`` fails at start when CUDA is missing. ``device=auto`` may fall
@@ -9,13 +12,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
 import onnxruntime as ort
 
+from service.pipeline.session import InferenceSession, TensorInfo
 from service.settings import ExecutionDevice
 
 if TYPE_CHECKING:
@@ -117,7 +123,30 @@ def provider_names(providers: Sequence[ProviderSpec]) -> list[str]:
     return [p if isinstance(p, str) else p[0] for p in providers]
 
 
-def create_session(path: Path | str, options: RuntimeOptions) -> ort.InferenceSession:
+class OrtSession:
+    """``InferenceSession`` over an ``onnxruntime.InferenceSession`` (whose ``run`` is thread-safe)."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self._session = session
+
+    def get_inputs(self) -> Sequence[TensorInfo]:
+        inputs: list[TensorInfo] = self._session.get_inputs()
+        return inputs
+
+    def get_outputs(self) -> Sequence[TensorInfo]:
+        outputs: list[TensorInfo] = self._session.get_outputs()
+        return outputs
+
+    def get_providers(self) -> list[str]:
+        return list(self._session.get_providers())
+
+    def run(
+        self, output_names: Sequence[str], feeds: Mapping[str, npt.NDArray[np.float32]]
+    ) -> list[npt.NDArray[Any]]:
+        return [np.asarray(output) for output in self._session.run(list(output_names), dict(feeds))]
+
+
+def create_session(path: Path | str, options: RuntimeOptions) -> InferenceSession:
     """An inference session with explicit threads, full graph optimization and checked providers."""
     providers = select_providers(options)
     if options.tensorrt_cache_dir is not None and TENSORRT in provider_names(providers):
@@ -146,4 +175,4 @@ def create_session(path: Path | str, options: RuntimeOptions) -> ort.InferenceSe
     requested = provider_names(providers)
     if in_use[0] != requested[0]:
         logger.warning("session for %s asked for %s, runs on %s", Path(path).name, requested, in_use)
-    return session
+    return OrtSession(session)

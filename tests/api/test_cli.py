@@ -16,7 +16,7 @@ import pytest
 
 from service.auth.keys import KeyStore, Scope
 from service.cli import main
-from service.gallery.store import GalleryStore
+from service.gallery.sqlite_store import SqliteGalleryStore
 from service.packs.loader import load_pack
 
 _KEY_LINE = re.compile(r"key:\s+(fsk_\S+)")
@@ -86,7 +86,7 @@ def test_serve_on_a_gallery_of_another_pack_names_reembed(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    store = GalleryStore(data_dir / "gallery.sqlite3")
+    store = SqliteGalleryStore(data_dir / "gallery.sqlite3")
     store.pin("some-other-pack", 512)
     store.close()
     monkeypatch.setenv("FACE_MODELS_DIR", str(default_pack_dir.parent))
@@ -124,7 +124,7 @@ def test_reembed_on_the_current_pack_changes_nothing(
     assert "no gallery" in capsys.readouterr().err
     from service.packs.loader import load_pack
 
-    store = GalleryStore(data_dir / "gallery.sqlite3")
+    store = SqliteGalleryStore(data_dir / "gallery.sqlite3")
     manifest = load_pack(default_pack_dir).manifest
     store.pin(manifest.id, manifest.embedder.embedding_size)
     store.close()

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.api.images import open_upload
 from service.packs.loader import load_pack
 from service.pipeline.decode import decode_image
 from service.pipeline.face_pipeline import FacePipeline
 from service.pipeline.types import ImageArray
 from service.settings import FacePolicy, Settings
+from service.usecases.images import open_image_bytes
 from tests.api.conftest import admin_headers, running_app
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,9 @@ def test_a_draft_decoded_36_mpx_photo_gives_the_same_face(
     settings = Settings()  # the defaults: draft to >= max(1280, 2 × det_input_size)
     full = decode_image(data, max_bytes=1 << 26, max_pixels=40_000_000)
     assert full.shape[0] * full.shape[1] >= 0.95 * TARGET_PIXELS
-    with open_upload(data, settings.model_copy(update={"max_image_bytes": 1 << 26}), draft=True) as opened:
+    with open_image_bytes(
+        data, settings.model_copy(update={"max_image_bytes": 1 << 26}), draft=True
+    ) as opened:
         drafted = opened.decode()
     longest = max(drafted.shape[:2])
     assert 2 * settings.det_input_size <= longest < 4 * settings.det_input_size  # 1/4: 7.3k → 1.8k

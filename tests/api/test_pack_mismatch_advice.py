@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
-from service.gallery.store import GalleryStore
+from service.gallery.sqlite_store import SqliteGalleryStore
 from service.packs.loader import load_pack, read_manifest, resolve_pack_dir
 from service.packs.manifest import MANIFEST_FILE
 
@@ -46,7 +46,7 @@ def test_mismatch_advice_is_pasteable(
     (models_dir / "current").symlink_to(default_pack_dir, target_is_directory=True)
     for name in holders:
         _pack_folder_with_id(default_pack_dir, models_dir / name, OTHER_ID)
-    store = GalleryStore(data_dir / "gallery.sqlite3")
+    store = SqliteGalleryStore(data_dir / "gallery.sqlite3")
     store.pin(OTHER_ID, load_pack(default_pack_dir).manifest.embedder.embedding_size)
     store.close()
     for name, value in {
@@ -81,7 +81,7 @@ def test_mismatch_advice_is_pasteable(
     env["FACE_INTRA_OP_THREADS"] = "1"
     done = subprocess.run(["bash", "-c", pasted[0]], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    store = GalleryStore(data_dir / "gallery.sqlite3")
+    store = SqliteGalleryStore(data_dir / "gallery.sqlite3")
     try:
         pinned = store.pinned_pack()
         assert pinned is not None

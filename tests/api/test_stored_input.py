@@ -39,7 +39,8 @@ from service.api.input_limits import (
 from service.api.presenters import similarity_of
 from service.auth.keys import KeyStore
 from service.gallery.gallery import GALLERY_FILE
-from service.gallery.store import UNREADABLE_METADATA_KEY, GalleryStore
+from service.gallery.sqlite_store import SqliteGalleryStore
+from service.gallery.store import UNREADABLE_METADATA_KEY
 from tests.api.conftest import Person, admin_headers, running_app
 
 H = admin_headers()
@@ -304,7 +305,7 @@ def _write_legacy_rows(data_dir: Path) -> dict[str, str]:
     """Rows the API would refuse today, written straight into the gallery file; returns id per case."""
     path = data_dir / GALLERY_FILE
     ids: dict[str, str] = {}
-    store = GalleryStore(path)  # the store's own write path, as the old API called it
+    store = SqliteGalleryStore(path)  # the store's own write path, as the old API called it
     ids["store_surrogate"] = store.create_subject("legacy", {"k": "x\ud800y"}).id
     ids["store_deep"] = store.create_subject("legacy", _nest(1, ["a"] * 500)).id
     store.close()

@@ -12,17 +12,18 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
-from service.api.thresholds import ThresholdPolicy
 from service.evaluation.calibrate import calibrate, fit_match_probability, operating_point_name
 from service.evaluation.cli import main
 from service.evaluation.embed_files import EmbedOptions, FileEmbedder
 from service.evaluation.embedding_cache import EmbeddingCache
 from service.evaluation.pairs import build_lfw_folds, format_lfw_pairs, path_pattern, read_lfw_pairs
 from service.evaluation.verification import NoFacePolicy, score_pairs
-from service.packs.loader import CALIBRATION_FILE, PackError, load_pack
+from service.packs.files import PackError
+from service.packs.loader import CALIBRATION_FILE, load_pack
 from service.packs.manifest import MANIFEST_FILE
 from service.pipeline.face_pipeline import FacePipeline
 from service.settings import Settings
+from service.usecases.thresholds import ThresholdPolicy
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""The default pack's 150×150 template reproduces dlib's chip geometry (dlib-bin as the reference)."""
+"""The dlib pack's 150×150 template reproduces dlib's chip geometry (dlib-bin as the reference)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import pytest
 from export.chip_template import (
     CHIP_PADDING,
     CHIP_SIZE,
-    DLIB_CHIP_TEMPLATE_150,
-    DLIB_CHIP_TEMPLATE_150_DERIVATION,
     ChipSample,
     chip_displacement_px,
     default_retinaface_detector,
@@ -23,6 +21,7 @@ from export.chip_template import (
     mirror_chip_landmarks,
     template_residual_px,
 )
+from service.packs.conventions import DLIB_CHIP_TEMPLATE_150, DLIB_CHIP_TEMPLATE_150_DERIVATION
 from service.pipeline.align import align_to_template
 from service.pipeline.decode import decode_image
 from service.pipeline.detect import FaceDetector

@@ -18,8 +18,9 @@ from export.default_pack import DEFAULT_OPERATING_POINT, DEFAULT_PACK, build_def
 from export.pack_writer import embedding_fingerprint
 from export.wheel_files import PackagedFile, WheelFileError, installed_file
 from service.evaluation.image_files import read_image
-from service.packs.insightface import ARCFACE_TEMPLATE_112
-from service.packs.loader import load_pack, sha256_file
+from service.packs.conventions import ARCFACE_TEMPLATE_112
+from service.packs.files import sha256_file
+from service.packs.loader import load_pack
 from service.packs.manifest import ColorOrder, RetinaFaceDecoder
 from service.pipeline.face_pipeline import FacePipeline
 from service.settings import FacePolicy, Settings

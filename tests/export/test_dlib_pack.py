@@ -25,7 +25,8 @@ from export.dlib_pack import (
 )
 from export.pack_writer import embedding_fingerprint
 from export.parity import check_parity, load_chip_folder, normalize_chips, require_parity
-from service.packs.loader import PackError, load_pack, sha256_file
+from service.packs.files import PackError, sha256_file
+from service.packs.loader import load_pack
 from service.packs.manifest import MANIFEST_FILE, RetinaFaceDecoder
 from service.pipeline.embed import Embedder
 

@@ -12,12 +12,7 @@ import torch
 
 from export.cli import load_backbone_checkpoint, main
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
-from export.pack_writer import (
-    EmbedderPackRequest,
-    arcface112_convention,
-    embedding_fingerprint,
-    write_embedder_pack,
-)
+from export.pack_writer import EmbedderPackRequest, embedding_fingerprint, write_embedder_pack
 from export.parity import (
     ParityError,
     check_parity,
@@ -28,8 +23,9 @@ from export.parity import (
 )
 from export.retinaface_extract import write_retinaface_onnx
 from models.registry import backbone_entry, build_backbone
-from service.packs.insightface import ARCFACE_NORMALIZATION, ARCFACE_TEMPLATE_112
-from service.packs.loader import load_pack, sha256_file
+from service.packs.conventions import ARCFACE_112, ARCFACE_NORMALIZATION, ARCFACE_TEMPLATE_112
+from service.packs.files import sha256_file
+from service.packs.loader import load_pack
 from service.packs.manifest import Calibration, EmbedderSpec, OperatingPoint, Provenance
 
 
@@ -172,7 +168,7 @@ def test_failed_rebuild_keeps_the_old_pack_and_leaves_no_staging(tmp_path: Path)
     out = tmp_path / "packs" / "mbf"
     request = EmbedderPackRequest(
         out_dir=out,
-        convention=arcface112_convention(),
+        convention=ARCFACE_112,
         embedding_size=128,
         id_prefix="mbf",
         description="test",
@@ -201,7 +197,7 @@ def _with(request: EmbedderPackRequest, **changes: object) -> EmbedderPackReques
 
 
 def test_pack_id_fingerprint_follows_everything_that_changes_embeddings() -> None:
-    spec = arcface112_convention()
+    spec = ARCFACE_112
     embedder = EmbedderSpec(
         file="embedder.onnx",
         input_name=INPUT_NAME,

@@ -24,7 +24,8 @@ import pytest
 
 from benchmarks.local_server import LocalServer
 from service.gallery.gallery import GALLERY_FILE, Gallery
-from service.gallery.store import GalleryStore, NewFace, PackPinMissingError, StoredCrop
+from service.gallery.sqlite_store import SqliteGalleryStore
+from service.gallery.store import NewFace, PackPinMissingError, StoredCrop
 from service.pipeline.face_pipeline import FacePipeline
 from service.settings import Settings
 
@@ -247,7 +248,7 @@ def test_a_removed_pack_pin_is_refused_while_faces_remain(
     assert "Traceback" not in result.stderr
     assert "pack pin (the meta row) is missing" in result.stderr
     assert "will not guess" in result.stderr
-    store = GalleryStore(data_dir / GALLERY_FILE)
+    store = SqliteGalleryStore(data_dir / GALLERY_FILE)
     try:
         assert store.pinned_pack() is None  # nothing was re-pinned
     finally:
@@ -255,7 +256,7 @@ def test_a_removed_pack_pin_is_refused_while_faces_remain(
 
 
 def test_an_empty_gallery_without_a_pin_is_pinned(tmp_path: Path) -> None:
-    store = GalleryStore(tmp_path / GALLERY_FILE)
+    store = SqliteGalleryStore(tmp_path / GALLERY_FILE)
     try:
         store.create_subject("no faces yet")
         assert store.pin("some-pack", 8).pack_id == "some-pack"

@@ -215,6 +215,7 @@ CRASH_CHILD = textwrap.dedent(
     first = int(sys.argv[2])
     for i in range(first, first + 100000):
         vector = np.random.default_rng(i).standard_normal(64).astype(np.float32)
+        vector /= np.linalg.norm(vector)  # the embedder's output is unit norm
         subject = gallery.create_subject(f"s{i}")
         records = gallery.add_faces(subject.id, [NewFace(vector, 0.9), NewFace(-vector, 0.9)])
         print(i, subject.id, " ".join(r.id for r in records), flush=True)  # the acknowledgement
@@ -248,6 +249,7 @@ def _crash_once(data_dir: Path, acknowledgements: int, first_seed: int = 0) -> N
             assert [f.id for f in reopened.list_faces(subject)] == faces
         numbers = [number for number, _, _ in acked]
         queries = np.stack([np.random.default_rng(n).standard_normal(64).astype(np.float32) for n in numbers])
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)  # as the child enrolled them
         found = reopened.identify(queries, top_k=1)
         assert [row[0].subject_id for row in found] == [subject for _, subject, _ in acked]
 

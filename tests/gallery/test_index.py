@@ -1,11 +1,12 @@
-"""FaceIndex: exact results, HNSW recall, automatic kind, and deletes without ghost hits."""
+"""FaissIndex: exact results, HNSW recall, automatic kind, and deletes without ghost hits."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from service.gallery.index import MISSING_ID, FaceIndex, IndexKind, IndexOptions, faiss_gpu_available
+from service.gallery.faiss_index import FaissIndex, faiss_gpu_available
+from service.gallery.index import MISSING_ID, IndexKind, IndexOptions
 from tests.gallery.conftest import unit_vectors
 
 DIM = 32
@@ -21,7 +22,7 @@ def _brute_force(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: i
 def test_flat_search_is_exact() -> None:
     vectors, queries = unit_vectors(500, DIM, 0), unit_vectors(20, DIM, 1)
     ids = np.arange(500, dtype=np.int64) * 3 + 100  # arbitrary, non-contiguous ids
-    index = FaceIndex.build(DIM, ids, vectors, CPU_FLAT)
+    index = FaissIndex.build(DIM, ids, vectors, CPU_FLAT)
     assert index.kind is IndexKind.FLAT
     assert index.size == 500
     scores, found = index.search(queries, 10)
@@ -32,7 +33,7 @@ def test_flat_search_is_exact() -> None:
 def test_hnsw_recall_against_exact_search() -> None:
     vectors, queries = unit_vectors(4000, DIM, 2), unit_vectors(100, DIM, 3)
     ids = np.arange(4000, dtype=np.int64)
-    hnsw = FaceIndex.build(DIM, ids, vectors, CPU_HNSW)
+    hnsw = FaissIndex.build(DIM, ids, vectors, CPU_HNSW)
     assert hnsw.kind is IndexKind.HNSW
     _, approximate = hnsw.search(queries, 10)
     exact = _brute_force(vectors, ids, queries, 10)
@@ -46,7 +47,7 @@ def test_hnsw_recall_against_exact_search() -> None:
 def test_kind_is_chosen_from_the_size_at_each_rebuild() -> None:
     options = IndexOptions(hnsw_min_size=100, use_gpu=False)
     vectors = unit_vectors(150, DIM, 4)
-    index = FaceIndex.build(DIM, np.arange(99), vectors[:99], options)
+    index = FaissIndex.build(DIM, np.arange(99), vectors[:99], options)
     assert index.kind is IndexKind.FLAT
     index.add(np.arange(99, 150), vectors[99:])  # past the threshold: stays flat (exact) until a rebuild
     assert index.kind is IndexKind.FLAT
@@ -65,7 +66,7 @@ def test_kind_is_chosen_from_the_size_at_each_rebuild() -> None:
 def test_deleted_ids_never_come_back(options: IndexOptions) -> None:
     vectors = unit_vectors(1000, DIM, 5)
     ids = np.arange(1000, dtype=np.int64)
-    index = FaceIndex.build(DIM, ids, vectors, options)
+    index = FaissIndex.build(DIM, ids, vectors, options)
     removed = ids[::10]  # 10%: below the compaction fraction, so HNSW keeps them as tombstones
     assert index.remove(removed) == len(removed)
     assert index.remove(removed[:5]) == 0  # already gone
@@ -87,18 +88,18 @@ def test_deleted_ids_never_come_back(options: IndexOptions) -> None:
 
 
 def test_fewer_vectors_than_k_and_empty_index() -> None:
-    empty = FaceIndex(DIM, CPU_FLAT)
+    empty = FaissIndex(DIM, CPU_FLAT)
     scores, found = empty.search(unit_vectors(2, DIM, 6), 3)
     assert (found == MISSING_ID).all()
     assert np.isneginf(scores).all()
-    small = FaceIndex.build(DIM, [7, 8], unit_vectors(2, DIM, 7), CPU_FLAT)
+    small = FaissIndex.build(DIM, [7, 8], unit_vectors(2, DIM, 7), CPU_FLAT)
     _, found = small.search(unit_vectors(1, DIM, 8), 5)
     assert sorted(found[0, :2].tolist()) == [7, 8]
     assert (found[0, 2:] == MISSING_ID).all()
 
 
 def test_bad_input_is_rejected() -> None:
-    index = FaceIndex(DIM, CPU_FLAT)
+    index = FaissIndex(DIM, CPU_FLAT)
     with pytest.raises(ValueError, match="vectors"):
         index.add([1, 2], unit_vectors(3, DIM, 0))
     with pytest.raises(ValueError, match="dims"):
@@ -113,7 +114,7 @@ def test_gpu_flat_index_matches_cpu() -> None:
         pytest.skip("faiss-gpu with a visible GPU is not installed")
     vectors, queries = unit_vectors(2000, DIM, 9), unit_vectors(10, DIM, 10)
     ids = np.arange(2000, dtype=np.int64)
-    gpu = FaceIndex.build(DIM, ids, vectors, IndexOptions(hnsw_min_size=10**9, use_gpu=True))
+    gpu = FaissIndex.build(DIM, ids, vectors, IndexOptions(hnsw_min_size=10**9, use_gpu=True))
     assert gpu.on_gpu
     _, found = gpu.search(queries, 5)
     np.testing.assert_array_equal(found, _brute_force(vectors, ids, queries, 5))

@@ -11,8 +11,10 @@ import pytest
 
 from service.gallery.gallery import GALLERY_FILE, Gallery, GalleryLockedError
 from service.gallery.reembed import reembed_gallery
-from service.gallery.store import GalleryError, GalleryStore, NewFace, PackMismatchError, PackPin, StoredCrop
-from service.packs.loader import load_pack, write_manifest
+from service.gallery.sqlite_store import SqliteGalleryStore
+from service.gallery.store import GalleryError, NewFace, PackMismatchError, PackPin, StoredCrop
+from service.packs.files import write_manifest
+from service.packs.loader import load_pack
 from service.pipeline.face_pipeline import FacePipeline
 from service.settings import Settings
 
@@ -55,7 +57,7 @@ def _enroll_johns(
 
 
 def _stored_embeddings(data_dir: Path) -> dict[int, np.ndarray]:
-    store = GalleryStore(data_dir / GALLERY_FILE)
+    store = SqliteGalleryStore(data_dir / GALLERY_FILE)
     ids, matrix = store.all_embeddings()
     store.close()
     return dict(zip(ids.tolist(), matrix, strict=True))
@@ -152,7 +154,7 @@ def test_faces_without_crops_block_the_switch_unless_dropped(
 
     with pytest.raises(GalleryError, match="1 faces were enrolled without a stored crop"):
         reembed_gallery(tmp_path, other_pipeline)
-    store = GalleryStore(tmp_path / GALLERY_FILE)
+    store = SqliteGalleryStore(tmp_path / GALLERY_FILE)
     assert store.pinned_pack() == PackPin(default_pipeline.pack_id, default_pipeline.embedding_size)
     store.close()
 

@@ -1,4 +1,4 @@
-"""GalleryStore: round trips, pagination, cascades, all-or-nothing adds, pinning, durability settings."""
+"""SqliteGalleryStore: round trips, pagination, cascades, all-or-nothing adds, pinning, durability."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.gallery.sqlite_store import SqliteGalleryStore
 from service.gallery.store import (
     EmbeddingSizeError,
     FaceNotFoundError,
-    GalleryStore,
     InvalidCursorError,
     NewFace,
     PackMismatchError,
@@ -26,8 +26,8 @@ DIM = 16
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[GalleryStore]:
-    opened = GalleryStore(tmp_path / "gallery.sqlite3")
+def store(tmp_path: Path) -> Iterator[SqliteGalleryStore]:
+    opened = SqliteGalleryStore(tmp_path / "gallery.sqlite3")
     opened.pin("pack-a", DIM)
     yield opened
     opened.close()
@@ -45,7 +45,7 @@ def _faces(count: int, seed: int = 0, *, crops: bool = False) -> list[NewFace]:
     return faces
 
 
-def test_durability_settings(store: GalleryStore) -> None:
+def test_durability_settings(store: SqliteGalleryStore) -> None:
     conn = sqlite3.connect(store.path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent, in the file
     conn.close()
@@ -55,7 +55,7 @@ def test_durability_settings(store: GalleryStore) -> None:
     assert own.execute("PRAGMA busy_timeout").fetchone()[0] > 0
 
 
-def test_subject_and_face_round_trip(store: GalleryStore) -> None:
+def test_subject_and_face_round_trip(store: SqliteGalleryStore) -> None:
     subject = store.create_subject("Ada", {"team": "engines", "level": 3})
     assert store.get_subject(subject.id) == subject
     faces = _faces(3, crops=True)
@@ -79,7 +79,7 @@ def test_subject_and_face_round_trip(store: GalleryStore) -> None:
     np.testing.assert_array_equal(store.subject_embeddings(subject.id), matrix)
 
 
-def test_update_subject(store: GalleryStore) -> None:
+def test_update_subject(store: SqliteGalleryStore) -> None:
     subject = store.create_subject("Bob", {"a": 1})
     renamed = store.update_subject(subject.id, name="Robert")
     assert renamed.name == "Robert"
@@ -90,7 +90,7 @@ def test_update_subject(store: GalleryStore) -> None:
         store.update_subject("no-such-id", name="x")
 
 
-def test_pagination_is_stable_and_complete(store: GalleryStore) -> None:
+def test_pagination_is_stable_and_complete(store: SqliteGalleryStore) -> None:
     created = [store.create_subject(f"s{i}").id for i in range(7)]
     seen: list[str] = []
     page = store.list_subjects(limit=3)
@@ -106,7 +106,7 @@ def test_pagination_is_stable_and_complete(store: GalleryStore) -> None:
         store.list_subjects("not a cursor!")
 
 
-def test_deleting_a_subject_cascades_to_faces_and_crops(store: GalleryStore) -> None:
+def test_deleting_a_subject_cascades_to_faces_and_crops(store: SqliteGalleryStore) -> None:
     keep, drop = store.create_subject("keep"), store.create_subject("drop")
     kept = store.add_faces(keep.id, _faces(2, seed=1, crops=True))
     dropped = store.add_faces(drop.id, _faces(3, seed=2, crops=True))
@@ -122,7 +122,7 @@ def test_deleting_a_subject_cascades_to_faces_and_crops(store: GalleryStore) -> 
         store.get_face(dropped[0].id)
 
 
-def test_delete_face_checks_its_subject(store: GalleryStore) -> None:
+def test_delete_face_checks_its_subject(store: SqliteGalleryStore) -> None:
     a, b = store.create_subject("a"), store.create_subject("b")
     record = store.add_faces(a.id, _faces(1))[0]
     with pytest.raises(FaceNotFoundError):
@@ -131,7 +131,7 @@ def test_delete_face_checks_its_subject(store: GalleryStore) -> None:
     assert store.counts().faces == 0
 
 
-def test_index_ids_are_never_reused(store: GalleryStore) -> None:
+def test_index_ids_are_never_reused(store: SqliteGalleryStore) -> None:
     subject = store.create_subject("s")
     first = store.add_faces(subject.id, _faces(2))
     store.delete_face(first[1].id)
@@ -139,7 +139,7 @@ def test_index_ids_are_never_reused(store: GalleryStore) -> None:
     assert again[0].index_id > first[1].index_id
 
 
-def test_an_invalid_face_fails_the_whole_batch(store: GalleryStore) -> None:
+def test_an_invalid_face_fails_the_whole_batch(store: SqliteGalleryStore) -> None:
     subject = store.create_subject("s")
     faces = _faces(3)
     faces.append(NewFace(np.ones(DIM + 1, dtype=np.float32), det_score=0.9))
@@ -148,7 +148,7 @@ def test_an_invalid_face_fails_the_whole_batch(store: GalleryStore) -> None:
     assert store.counts().faces == 0
 
 
-def test_a_failure_inside_the_transaction_leaves_nothing(store: GalleryStore) -> None:
+def test_a_failure_inside_the_transaction_leaves_nothing(store: SqliteGalleryStore) -> None:
     subject = store.create_subject("s")
     # A real SQLite abort on the third insert, after two rows were already written in the transaction.
     store._conn.execute(
@@ -163,17 +163,17 @@ def test_a_failure_inside_the_transaction_leaves_nothing(store: GalleryStore) ->
     assert len(store.add_faces(subject.id, _faces(4))) == 4  # the store is usable afterwards
 
 
-def test_adding_to_a_missing_subject_fails(store: GalleryStore) -> None:
+def test_adding_to_a_missing_subject_fails(store: SqliteGalleryStore) -> None:
     with pytest.raises(SubjectNotFoundError):
         store.add_faces("missing", _faces(1))
 
 
 def test_pack_pinning(tmp_path: Path) -> None:
     path = tmp_path / "g.sqlite3"
-    first = GalleryStore(path)
+    first = SqliteGalleryStore(path)
     first.pin("pack-a", DIM)
     first.close()
-    reopened = GalleryStore(path)
+    reopened = SqliteGalleryStore(path)
     assert reopened.pin("pack-a", DIM).pack_id == "pack-a"
     with pytest.raises(PackMismatchError) as mismatch:
         reopened.pin("pack-b", DIM)
@@ -188,9 +188,9 @@ def test_pack_pinning(tmp_path: Path) -> None:
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "g.sqlite3"
-    store = GalleryStore(path)
+    store = SqliteGalleryStore(path)
     store.pin("p", DIM)
     store._conn.execute("UPDATE meta SET schema_version = 99")
     store.close()
     with pytest.raises(SchemaVersionError, match="99"):
-        GalleryStore(path)
+        SqliteGalleryStore(path)

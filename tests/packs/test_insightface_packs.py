@@ -18,13 +18,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from service.packs.conventions import ARCFACE_TEMPLATE_112
+from service.packs.files import PackError, sha256_file
 from service.packs.insightface import (
-    ARCFACE_TEMPLATE_112,
     INSIGHTFACE_PACKS,
     match_insightface_layout,
     write_insightface_manifest,
 )
-from service.packs.loader import PackError, load_pack, resolve_pack_dir, sha256_file
+from service.packs.loader import load_pack, resolve_pack_dir
 from service.packs.manifest import MANIFEST_FILE, ColorOrder, ScrfdDecoder
 
 STRIDES = (8, 16, 32)

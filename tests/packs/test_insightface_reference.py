@@ -38,11 +38,13 @@ from insightface.utils.face_align import estimate_norm, norm_crop
 from onnx import TensorProto, helper, numpy_helper
 
 from export.chip_template import default_retinaface_detector
-from service.packs.insightface import ARCFACE_TEMPLATE_112, INSIGHTFACE_PACKS
+from service.packs.conventions import ARCFACE_TEMPLATE_112
+from service.packs.insightface import INSIGHTFACE_PACKS
 from service.packs.loader import LoadedPack, load_pack, resolve_pack_dir
 from service.pipeline.align import align_to_template, estimate_similarity
 from service.pipeline.decode import decode_image
-from service.pipeline.detect import DetectionOptions, FaceDetector, build_detector
+from service.pipeline.detect import DetectionOptions, FaceDetector
+from service.pipeline.detectors import build_detector
 from service.pipeline.embed import Embedder, l2_normalize
 from service.pipeline.runtime import RuntimeOptions, create_session
 from service.pipeline.types import DetectedFace, ImageArray

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from service.packs.insightface import ARCFACE_NORMALIZATION, ARCFACE_TEMPLATE_112, ARCFACE_TEMPLATE_DERIVATION
-from service.packs.loader import PackError, load_pack, resolve_pack_dir, write_manifest
+from service.packs.conventions import ARCFACE_NORMALIZATION, ARCFACE_TEMPLATE_112, ARCFACE_TEMPLATE_DERIVATION
+from service.packs.files import PackError, write_manifest
+from service.packs.loader import load_pack, resolve_pack_dir
 from service.packs.manifest import (
     MANIFEST_FILE,
     Calibration,

@@ -15,19 +15,30 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from export.retinaface_extract import OUTPUT_NAMES, write_retinaface_onnx
+from service.packs.loader import LoadedPack
 from service.packs.manifest import (
+    Calibration,
     ColorOrder,
     DetectorSpec,
+    EmbedderSpec,
+    OperatingPoint,
+    PackManifest,
     PixelNormalization,
     Provenance,
     RetinaFaceDecoder,
     ScrfdDecoder,
+    TemplateDerivation,
 )
 from service.pipeline.decode import decode_image
-from service.pipeline.detect import DetectionOptions, build_detector, prepare_input
+from service.pipeline.detect import DetectionOptions
 from service.pipeline.detect_retinaface import RetinaFaceDetector, generate_priors
 from service.pipeline.detect_scrfd import ScrfdDetector
+from service.pipeline.detector_io import prepare_input
+from service.pipeline.detectors import DETECTORS, build_detector, load_detector
+from service.pipeline.runtime import OrtSession, RuntimeOptions
+from service.pipeline.session import InferenceSession
 from service.pipeline.types import DetectedFace, ImageArray
+from service.settings import ExecutionDevice, Settings
 
 LIMITS = {"max_bytes": 1 << 26, "max_pixels": 1 << 26}
 DEFAULT_OPTIONS = DetectionOptions(
@@ -35,14 +46,14 @@ DEFAULT_OPTIONS = DetectionOptions(
 )
 
 
-def cpu_session(model: str | bytes) -> onnxruntime.InferenceSession:
+def cpu_session(model: str | bytes) -> InferenceSession:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
-    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return OrtSession(onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"]))
 
 
 @pytest.fixture(scope="module")
-def retinaface(tmp_path_factory: pytest.TempPathFactory) -> tuple[DetectorSpec, onnxruntime.InferenceSession]:
+def retinaface(tmp_path_factory: pytest.TempPathFactory) -> tuple[DetectorSpec, InferenceSession]:
     folder = tmp_path_factory.mktemp("retinaface")
     spec = write_retinaface_onnx(folder / "detector.onnx")
     return spec, cpu_session(str(folder / spec.file))
@@ -256,8 +267,6 @@ def test_options_are_validated(options: dict) -> None:
 
 
 def test_options_from_settings_default_to_the_packs_thresholds(retinaface) -> None:
-    from service.settings import Settings
-
     spec, _ = retinaface
     recommended = spec.model_copy(update={"score_threshold": 0.55, "nms_threshold": 0.35})
     options = DetectionOptions.from_settings(Settings(det_input_size=320, max_faces=3), recommended)
@@ -266,6 +275,68 @@ def test_options_from_settings_default_to_the_packs_thresholds(retinaface) -> No
     explicit = Settings(det_score_threshold=0.8, det_nms_threshold=0.3)
     options = DetectionOptions.from_settings(explicit, recommended)
     assert (options.score_threshold, options.nms_threshold) == (0.8, 0.3)
+
+
+def test_options_for_spec_take_the_packs_thresholds_unless_overridden(retinaface) -> None:
+    spec, _ = retinaface
+    recommended = spec.model_copy(update={"score_threshold": 0.55, "nms_threshold": 0.35})
+    options = DetectionOptions.for_spec(recommended)
+    assert (options.score_threshold, options.nms_threshold) == (0.55, 0.35)
+    overridden = DetectionOptions.for_spec(recommended, score_threshold=0.8, nms_threshold=0.3, max_faces=2)
+    assert (overridden.score_threshold, overridden.nms_threshold, overridden.max_faces) == (0.8, 0.3, 2)
+
+
+def test_options_for_spec_default_to_the_settings_defaults(retinaface) -> None:
+    # A tool without settings (training alignment, template export) must detect as the service does.
+    spec, _ = retinaface
+    assert DetectionOptions.for_spec(spec) == DetectionOptions.from_settings(Settings(), spec)
+
+
+def test_the_registry_refuses_an_unknown_decoder_kind(retinaface) -> None:
+    spec, session = retinaface
+    unknown = spec.model_copy(update={"decoder": spec.decoder.model_copy(update={"kind": "mtcnn"})})
+    with pytest.raises(
+        ValueError, match=r"no detector for decoder kind 'mtcnn'; known: retinaface, scrfd, yunet"
+    ):
+        build_detector(unknown, session, DEFAULT_OPTIONS)
+    assert set(DETECTORS) == {"retinaface", "scrfd", "yunet"}
+
+
+def test_load_detector_opens_the_packs_detector(retinaface, tmp_path: Path) -> None:
+    spec, _ = retinaface
+    write_retinaface_onnx(tmp_path / spec.file)
+    pack = LoadedPack(
+        dir=tmp_path,
+        manifest=_manifest_with_detector(spec),
+        detector_path=tmp_path / spec.file,
+        embedder_path=tmp_path / "unused.onnx",
+    )
+    detector = load_detector(
+        pack, RuntimeOptions(device=ExecutionDevice.CPU, intra_op_threads=1), DEFAULT_OPTIONS
+    )
+    assert isinstance(detector, RetinaFaceDetector)
+    assert detector.detect(np.full((120, 160, 3), 128, dtype=np.uint8)) == []
+
+
+def _manifest_with_detector(spec: DetectorSpec) -> PackManifest:
+    """A manifest around ``spec``; its embedder is never opened."""
+    return PackManifest(
+        id="detector-only",
+        detector=spec,
+        embedder=EmbedderSpec(
+            file="unused.onnx",
+            input_name="input",
+            output_name="embedding",
+            input_size=(112, 112),
+            normalization=PixelNormalization(color_order=ColorOrder.RGB, mean=(127.5,) * 3, std=(127.5,) * 3),
+            template=((38.0, 52.0), (74.0, 52.0), (56.0, 72.0), (42.0, 92.0), (70.0, 92.0)),
+            template_derivation=TemplateDerivation(method="test"),
+            embedding_size=8,
+            provenance=Provenance(source="test", license="test"),
+        ),
+        calibration=Calibration(operating_points={"default": OperatingPoint(threshold=0.4)}),
+        files={spec.file: "0" * 64, "unused.onnx": "0" * 64},
+    )
 
 
 def test_declared_outputs_missing_from_the_model_is_an_error(retinaface) -> None:

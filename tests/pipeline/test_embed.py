@@ -1,4 +1,4 @@
-"""Embedder: preprocessing per manifest, batching, flip TTA, and the one l2_normalize.
+"""Embedder: preprocessing per manifest, batching, flip TTA, the one l2_normalize and the unit-norm check.
 
 Most checks run a small linear ONNX model (its output is a known function of the input, so the
 preprocessing can be checked exactly); the last ones run the real default pack on real faces.
@@ -22,12 +22,20 @@ from service.packs.manifest import (
     Provenance,
     TemplateDerivation,
 )
-from service.pipeline.embed import Embedder, l2_normalize, preprocess_chips
+from service.pipeline.embed import (
+    Embedder,
+    EmbeddingOutputError,
+    check_unit_rows,
+    l2_normalize,
+    preprocess_chips,
+)
 from service.pipeline.face_pipeline import (
     ACCELERATOR_BATCH_MAX_SIZE,
     CPU_BATCH_MAX_SIZE,
     resolved_batch_max_size,
 )
+from service.pipeline.runtime import OrtSession
+from service.pipeline.session import InferenceSession
 
 CHIP = 8  # chip width and height of the linear test model
 DIM = 6
@@ -56,24 +64,32 @@ def weights() -> np.ndarray:
     return np.random.default_rng(7).standard_normal((3 * CHIP * CHIP, DIM)).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def linear_session(tmp_path_factory: pytest.TempPathFactory, weights: np.ndarray) -> ort.InferenceSession:
-    """embedding = flatten(NCHW input) @ W: a real ONNX graph with a known answer."""
+def _scaled_linear_session(folder: Path, weights: np.ndarray, scale: float) -> InferenceSession:
+    """embedding = (flatten(NCHW input) @ W) · scale: a real ONNX graph with a known answer."""
     graph = helper.make_graph(
         [
             helper.make_node("Flatten", ["chips"], ["flat"], axis=1),
-            helper.make_node("MatMul", ["flat", "W"], ["embedding"]),
+            helper.make_node("MatMul", ["flat", "W"], ["linear"]),
+            helper.make_node("Mul", ["linear", "scale"], ["embedding"]),
         ],
         "linear",
         [helper.make_tensor_value_info("chips", TensorProto.FLOAT, ["n", 3, CHIP, CHIP])],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["n", DIM])],
-        initializer=[numpy_helper.from_array(weights, "W")],
+        initializer=[
+            numpy_helper.from_array(weights, "W"),
+            numpy_helper.from_array(np.asarray(scale, dtype=np.float32), "scale"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    path = tmp_path_factory.mktemp("linear") / "linear.onnx"
+    path = folder / "linear.onnx"
     onnx.save(model, path)
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return OrtSession(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
+
+
+@pytest.fixture(scope="module")
+def linear_session(tmp_path_factory: pytest.TempPathFactory, weights: np.ndarray) -> InferenceSession:
+    return _scaled_linear_session(tmp_path_factory.mktemp("linear"), weights, 1.0)
 
 
 def _chips(count: int, seed: int = 0) -> list[np.ndarray]:
@@ -132,7 +148,7 @@ def test_preprocess_rejects_chips_of_the_wrong_size() -> None:
 @pytest.mark.parametrize("color_order", list(ColorOrder))
 @pytest.mark.parametrize("flip", [False, True])
 def test_embed_matches_the_reference_computation(
-    linear_session: ort.InferenceSession, weights: np.ndarray, color_order: ColorOrder, flip: bool
+    linear_session: InferenceSession, weights: np.ndarray, color_order: ColorOrder, flip: bool
 ) -> None:
     chips = _chips(5)
     embedder = Embedder(linear_session, _spec(color_order, flip=flip))
@@ -143,14 +159,14 @@ def test_embed_matches_the_reference_computation(
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-6)
 
 
-def test_flip_augmentation_is_mirror_invariant(linear_session: ort.InferenceSession) -> None:
+def test_flip_augmentation_is_mirror_invariant(linear_session: InferenceSession) -> None:
     chips = _chips(3, seed=1)
     embedder = Embedder(linear_session, _spec(flip=True))
     mirrored = [np.ascontiguousarray(chip[:, ::-1]) for chip in chips]
     np.testing.assert_allclose(embedder.embed(chips), embedder.embed(mirrored), atol=1e-5)
 
 
-def test_batches_are_split_without_changing_results(linear_session: ort.InferenceSession) -> None:
+def test_batches_are_split_without_changing_results(linear_session: InferenceSession) -> None:
     chips = _chips(11, seed=2)
     whole = Embedder(linear_session, _spec(), max_batch=64).embed(chips)
     split = Embedder(linear_session, _spec(), max_batch=3).embed(chips)
@@ -158,9 +174,39 @@ def test_batches_are_split_without_changing_results(linear_session: ort.Inferenc
     assert Embedder(linear_session, _spec()).embed([]).shape == (0, DIM)
 
 
-def test_manifest_and_model_disagreeing_on_size_is_an_error(linear_session: ort.InferenceSession) -> None:
+def test_manifest_and_model_disagreeing_on_size_is_an_error(linear_session: InferenceSession) -> None:
     with pytest.raises(RuntimeError, match="embedding_size"):
         Embedder(linear_session, _spec(dim=DIM + 1)).embed(_chips(1))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf / inf
+@pytest.mark.parametrize("scale", [float("nan"), float("inf")])
+def test_a_model_emitting_non_finite_values_is_a_clear_error(
+    tmp_path: Path, weights: np.ndarray, scale: float
+) -> None:
+    embedder = Embedder(_scaled_linear_session(tmp_path, weights, scale), _spec())
+    with pytest.raises(
+        EmbeddingOutputError, match=r"'linear.onnx' produced 3 of 3 .* norm nan\); a nan norm"
+    ):
+        embedder.embed(_chips(3))
+
+
+def test_a_model_emitting_zeros_is_refused(tmp_path: Path, weights: np.ndarray) -> None:
+    # A zero vector has no direction: passing it on would break the unit norm everything after trusts.
+    embedder = Embedder(_scaled_linear_session(tmp_path, weights, 0.0), _spec())
+    with pytest.raises(EmbeddingOutputError, match=r"produced 2 of 2 .* norm 0\)"):
+        embedder.embed(_chips(2))
+
+
+def test_check_unit_rows_names_the_first_bad_row() -> None:
+    rows = l2_normalize(np.array([[3.0, 4.0], [0.0, 1.0], [1.0, 1.0]]))
+    assert check_unit_rows(rows, "m.onnx") is rows
+    rows[2] = [0.5, 0.5]
+    with pytest.raises(EmbeddingOutputError, match=r"1 of 3 embeddings .*\(row 2 has norm 0\.707107\)"):
+        check_unit_rows(rows, "m.onnx")
+    rows[1] = [0.0, 0.0]
+    with pytest.raises(EmbeddingOutputError, match=r"2 of 3 embeddings .*\(row 1 has norm 0\)"):
+        check_unit_rows(rows, "m.onnx")
 
 
 # ---------------------------------------------------------------- the real default pack

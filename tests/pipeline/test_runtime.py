@@ -14,6 +14,7 @@ from service.pipeline.runtime import (
     CPU,
     CUDA,
     TENSORRT,
+    OrtSession,
     RuntimeOptions,
     RuntimeUnavailableError,
     create_session,
@@ -130,9 +131,27 @@ def test_cpu_session_runs_and_reports_its_providers(tmp_path: Path) -> None:
     session = create_session(
         _doubling_model(tmp_path / "double.onnx"), RuntimeOptions(device=ExecutionDevice.CPU)
     )
+    assert isinstance(session, OrtSession)  # the pipeline's InferenceSession, not onnxruntime's
     assert session.get_providers() == [CPU]
+    assert [(node.name, list(node.shape)) for node in session.get_inputs()] == [("x", ["n", 4])]
+    assert [node.name for node in session.get_outputs()] == ["y"]
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     np.testing.assert_array_equal(session.run(["y"], {"x": x})[0], 2 * x)
+
+
+def test_only_the_runtime_module_imports_onnxruntime_in_the_pipeline() -> None:
+    # Detectors and embedders take the InferenceSession protocol; the ORT adapter is the one seam.
+    import ast
+
+    pipeline = Path(__file__).resolve().parents[2] / "service" / "pipeline"
+    importers = set()
+    for path in pipeline.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(name.split(".")[0] == "onnxruntime" for name in names):
+                importers.add(path.name)
+    assert importers == {"runtime.py"}
 
 
 def test_strict_cuda_session_fails_on_a_cpu_only_machine(tmp_path: Path) -> None:

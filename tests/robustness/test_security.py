@@ -39,7 +39,8 @@ from service.api.errors import PROBLEM_MEDIA_TYPE
 from service.auth import keys as keys_module
 from service.auth.authenticator import Authenticator
 from service.auth.keys import KeyStore, Scope, hash_key
-from service.packs.loader import PackError, resolve_pack_dir
+from service.packs.files import PackError
+from service.packs.loader import resolve_pack_dir
 from service.settings import Settings
 from tests.api.conftest import ADMIN_KEY, admin_headers, running_app
 from tests.robustness.conftest import ServerFactory

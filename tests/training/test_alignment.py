@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.training.alignment import align_dataset, scaled_template
+from models.training.alignment import align_dataset, pack_detector, scaled_template
 
 PEOPLE = ("Angelina", "Elon")
 CHIP = (112, 112)
@@ -37,26 +37,17 @@ def test_scaled_template():
 
 
 def test_chips_put_landmarks_on_the_template(raw_photos: Path, default_pack_dir: Path, tmp_path: Path):
-    from service.packs.loader import load_pack
-    from service.pipeline.detect import DetectionOptions, build_detector
-    from service.pipeline.runtime import RuntimeOptions, create_session
-    from service.settings import ExecutionDevice, Settings
-
     template = scaled_template("arcface", CHIP)
     destination = tmp_path / "aligned"
+    detector = pack_detector(default_pack_dir)
     summary = align_dataset(
-        raw_photos, destination, pack_dir=default_pack_dir, template=template, size=CHIP, progress=False
+        raw_photos, destination, detector=detector, template=template, size=CHIP, progress=False
     )
     assert summary.aligned == 4
     assert summary.no_face == ()
     chips = sorted(destination.rglob("*.png"))
     assert {chip.parent.name for chip in chips} == set(PEOPLE)
 
-    pack = load_pack(default_pack_dir)
-    session = create_session(pack.detector_path, RuntimeOptions(device=ExecutionDevice.CPU))
-    detector = build_detector(
-        pack.manifest.detector, session, DetectionOptions.from_settings(Settings(), pack.manifest.detector)
-    )
     for path in chips:
         chip = np.asarray(Image.open(path).convert("RGB"))
         assert chip.shape == (CHIP[1], CHIP[0], 3)
@@ -68,6 +59,6 @@ def test_chips_put_landmarks_on_the_template(raw_photos: Path, default_pack_dir:
         assert error.mean() < 8.0, f"{path}: landmarks {error.round(1)} px from the template"
 
     again = align_dataset(
-        raw_photos, destination, pack_dir=default_pack_dir, template=template, size=CHIP, progress=False
+        raw_photos, destination, detector=detector, template=template, size=CHIP, progress=False
     )
     assert (again.aligned, again.cached) == (0, 4)

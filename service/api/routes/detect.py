@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
 
-from service.api.deps import ReadAccess, Services
-from service.api.faces_work import detect_faces
-from service.api.images import held_image
-from service.api.presenters import box_of, landmarks_of, quality_of
+from service.api.deps import ReadAccess, Resources
+from service.api.presenters import detect_response
 from service.api.responses import IMAGE_ERRORS
-from service.api.schemas import DetectedFaceOut, DetectResponse, ImageSize
+from service.api.schemas import DetectResponse
+from service.api.uploads import image_input
+from service.usecases.detect import detect_faces
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
@@ -19,22 +19,7 @@ router = APIRouter(prefix="/v1", tags=["inference"])
 @router.post("/detect", summary="Detect faces", responses=IMAGE_ERRORS)
 async def detect(
     image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or PGM/PPM")],
-    services: Services,
+    resources: Resources,
     _: ReadAccess,
 ) -> DetectResponse:
-    async with held_image(image, "image", services) as pixels:
-        faces = await detect_faces(services.pipeline, pixels)
-        height, width = pixels.shape[:2]
-    services.metrics.faces_detected.inc(len(faces))
-    return DetectResponse(
-        image=ImageSize(width=width, height=height),
-        faces=[
-            DetectedFaceOut(
-                box=box_of(item.face),
-                landmarks=landmarks_of(item.face),
-                score=item.face.score,
-                quality=quality_of(item.quality),
-            )
-            for item in faces
-        ],
-    )
+    return detect_response(await detect_faces(resources, await image_input(image, "image")))

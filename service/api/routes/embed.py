@@ -6,11 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
 
-from service.api.deps import ReadAccess, Services
-from service.api.images import held_image
-from service.api.presenters import box_of
+from service.api.deps import ReadAccess, Resources
+from service.api.presenters import embed_response
 from service.api.responses import IMAGE_ERRORS
-from service.api.schemas import EmbeddedFaceOut, EmbedResponse
+from service.api.schemas import EmbedResponse
+from service.api.uploads import image_input
+from service.usecases.embed import embed_faces
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
@@ -18,18 +19,7 @@ router = APIRouter(prefix="/v1", tags=["inference"])
 @router.post("/embed", summary="Embed every face", responses=IMAGE_ERRORS)
 async def embed(
     image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or PGM/PPM")],
-    services: Services,
+    resources: Resources,
     _: ReadAccess,
 ) -> EmbedResponse:
-    async with held_image(image, "image", services) as pixels:
-        faces = await services.pipeline.analyze(pixels)
-    services.metrics.faces_detected.inc(len(faces))
-    services.metrics.faces_embedded.inc(len(faces))
-    return EmbedResponse(
-        pack_id=services.pipeline.pack_id,
-        embedding_size=services.pipeline.embedding_size,
-        faces=[
-            EmbeddedFaceOut(box=box_of(face.face), score=face.face.score, embedding=face.embedding.tolist())
-            for face in faces
-        ],
-    )
+    return embed_response(await embed_faces(resources, await image_input(image, "image")))

@@ -4,36 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
-from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import ReadAccess, Services
-from service.api.images import held_image
+from service.api.deps import ReadAccess, Resources
 from service.api.params import FacePolicyForm, ThresholdForm, ThresholdQuery
-from service.api.presenters import box_of, readable_name, similarity_of
+from service.api.presenters import identify_response
 from service.api.responses import IMAGE_ERRORS
-from service.api.schemas import CandidateOut, IdentifiedFaceOut, IdentifyResponse, ThresholdOut
-from service.api.state import AppServices
-from service.pipeline.types import EmbeddedFace, ImageArray
-from service.settings import FacePolicy
+from service.api.schemas import IdentifyResponse
+from service.api.uploads import image_input
+from service.usecases import identify as identification
 
 router = APIRouter(prefix="/v1", tags=["inference"])
-
-
-async def _chosen_only(services: AppServices, pixels: ImageArray, policy: FacePolicy) -> list[EmbeddedFace]:
-    """The one face ``policy`` chooses, embedded (no face: an empty list)."""
-    faces, index = await run_in_threadpool(services.pipeline.detect_chosen, pixels, policy)
-    if index is None:
-        return []
-    aligned = await run_in_threadpool(services.pipeline.align_and_assess, pixels, [faces[index]])
-    return await services.pipeline.embed_aligned(aligned)
 
 
 @router.post("/identify", summary="Identify faces against the gallery", responses=IMAGE_ERRORS)
 async def identify(
     image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or PGM/PPM")],
-    services: Services,
+    resources: Resources,
     _: ReadAccess,
     top_k: Annotated[
         int | None, Form(ge=1, le=100, description="subjects per face (default FACE_IDENTIFY_TOP_K)")
@@ -45,40 +32,11 @@ async def identify(
     threshold_form: ThresholdForm = None,
     threshold_query: ThresholdQuery = None,
 ) -> IdentifyResponse:
-    threshold = services.thresholds.resolve(threshold_form if threshold_form is not None else threshold_query)
-    k = top_k if top_k is not None else services.settings.identify_top_k
-    policy = face_policy or services.settings.face_policy
-    async with held_image(image, "image", services) as pixels:
-        faces = await (
-            _chosen_only(services, pixels, policy) if largest_only else services.pipeline.analyze(pixels)
-        )
-    services.metrics.faces_detected.inc(len(faces))
-    services.metrics.faces_embedded.inc(len(faces))
-    candidates = (
-        await run_in_threadpool(
-            services.gallery.identify, np.stack([face.embedding for face in faces]), k, threshold.value
-        )
-        if faces
-        else []
+    request = identification.IdentifyRequest(
+        image=await image_input(image, "image"),
+        top_k=top_k,
+        largest_only=largest_only,
+        face_policy=face_policy,
+        threshold=threshold_form if threshold_form is not None else threshold_query,
     )
-    return IdentifyResponse(
-        threshold=ThresholdOut(name=threshold.name, value=threshold.value),
-        top_k=k,
-        faces=[
-            IdentifiedFaceOut(
-                box=box_of(face.face),
-                score=face.face.score,
-                unknown=not found,
-                candidates=[
-                    CandidateOut(
-                        subject_id=c.subject_id,
-                        name=readable_name(c.name),
-                        similarity=similarity_of(c.similarity),
-                        face_id=c.face_id,
-                    )
-                    for c in found
-                ],
-            )
-            for face, found in zip(faces, candidates, strict=True)
-        ],
-    )
+    return identify_response(await identification.identify(resources, request))

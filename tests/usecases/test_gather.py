@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from service.api.gather import gather_all
+from service.usecases.gather import gather_all
 
 
 async def _value(value: int, delay: float) -> int:

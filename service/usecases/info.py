@@ -1,0 +1,34 @@
+"""What the service runs with: pack, providers, thresholds, the gallery's size and index kind."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.gallery.store import GalleryCounts
+from service.packs.manifest import PackManifest
+from service.usecases.resources import ServiceResources
+from service.usecases.threads import in_worker
+from service.usecases.thresholds import ResolvedThreshold
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    manifest: PackManifest
+    providers: dict[str, list[str]]
+    threshold: ResolvedThreshold  # the default (FACE_THRESHOLD)
+    subject_score: str
+    gallery: GalleryCounts
+    index_kind: str
+    auth_enabled: bool
+
+
+async def service_info(resources: ServiceResources) -> ServiceInfo:
+    return ServiceInfo(
+        manifest=resources.pack.manifest,
+        providers=resources.pipeline.providers,
+        threshold=resources.thresholds.default,
+        subject_score=resources.settings.subject_score.value,
+        gallery=await in_worker(resources.gallery.counts),
+        index_kind=str(resources.gallery.index_kind),
+        auth_enabled=resources.authenticator.enabled,
+    )

@@ -1,0 +1,1 @@
+"""Route tests, one module per resource (service/api/routes/<resource>.py)."""
