@@ -3,7 +3,7 @@
     python -m benchmarks.service_bench --out FILE.json [--sizes 10000 100000 1000000] [--quick]
 
 Everything runs through the service's own code with the service's own settings (``FACE_*``
-environment variables): the pack's ``Embedder``, ``FaceIndex`` with its automatic flat/HNSW choice,
+environment variables): the pack's ``Embedder``, ``FaissIndex`` with its automatic flat/HNSW choice,
 and a real ``face-service serve`` subprocess. Synthetic galleries are drawn by
 ``benchmarks.synthetic_gallery`` from a model calibrated, in the same run, on the default pack's
 embeddings of the real labelled photos in ``../shared/data/faces``. Prints markdown tables and

@@ -8,7 +8,7 @@
     face-eval make-pairs --images DIR --out pairs.txt [--folds 10] [--per-fold N] [--seed S]
 
 Every image goes through the service's own FacePipeline (decode, detect, choose a face, align,
-embed) with the same Settings (``FACE_*``), and identification through its Gallery and FaceIndex.
+embed) with the same Settings (``FACE_*``), and identification through its Gallery and FaissIndex.
 ``--face``, ``--flip`` and ``--det-input-size`` override the face choice, flip TTA and detector size
 for one run. With ``--json`` the last line of standard output is one JSON object.
 """
@@ -36,7 +36,7 @@ from service.evaluation.embed_files import (
     build_pipeline,
     stderr_progress,
 )
-from service.evaluation.embedding_cache import EmbeddingCache, file_sha256
+from service.evaluation.embedding_cache import EmbeddingCache
 from service.evaluation.identify import (
     DEFAULT_FPIRS,
     SINGLE_IMAGE,
@@ -66,7 +66,7 @@ from service.evaluation.verification import (
     score_pairs,
     write_pair_scores,
 )
-from service.packs.files import PackError
+from service.packs.files import PackError, sha256_file
 from service.packs.loader import LoadedPack, load_pack
 from service.pipeline.decode import ImageDecodeError
 from service.settings import FacePolicy, Settings
@@ -289,7 +289,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if args.write:
         source = {
             "pairs_file": str(args.pairs.resolve()),
-            "pairs_sha256": file_sha256(args.pairs),
+            "pairs_sha256": sha256_file(args.pairs),
             "images_dir": str(args.images.resolve()),
             "pairs": result.pairs,
             "genuine_pairs": result.genuine_pairs,

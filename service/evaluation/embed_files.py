@@ -22,10 +22,10 @@ from service.evaluation.embedding_cache import (
     EmbeddingCache,
     FileEmbedding,
     cache_key,
-    file_sha256,
     pack_fingerprint,
 )
 from service.evaluation.image_files import read_image
+from service.packs.files import sha256_file
 from service.pipeline.types import FloatArray, ImageArray
 from service.settings import FacePolicy
 
@@ -163,7 +163,7 @@ class FileEmbedder:
 
     def key(self, path: Path) -> str:
         """The cache key of ``path`` under this pack and these options."""
-        return cache_key(self._pack_key, file_sha256(path), self._key_options)
+        return cache_key(self._pack_key, sha256_file(path), self._key_options)
 
     def embed_files(self, paths: Sequence[Path], progress: ProgressCallback | None = None) -> EmbeddingRun:
         run = EmbeddingRun()

@@ -32,7 +32,6 @@ Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels
 # Bump when what an entry means changes (face choice, stored fields): old entries are then ignored.
 # 2: the face is chosen by a FacePolicy; entries keep its box and the image's face count.
 CACHE_FORMAT_VERSION = 2
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -46,23 +45,16 @@ class FileEmbedding:
     faces_in_image: int = 0  # faces the detector found (the chosen one among them)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def pack_fingerprint(pack: LoadedPack) -> str:
     """``<pack id>@<sha256 of its manifest.json>``: any edit of the manifest gives new cache keys.
 
     The file, not the manifest as loaded: a ``calibration.json`` beside it (``face-eval calibrate
     --write``) only adds named thresholds, which change no embedding, so writing one keeps the cache.
     """
+    from service.packs.files import sha256_file
     from service.packs.manifest import MANIFEST_FILE
 
-    return f"{pack.manifest.id}@{file_sha256(pack.dir / MANIFEST_FILE)}"
+    return f"{pack.manifest.id}@{sha256_file(pack.dir / MANIFEST_FILE)}"
 
 
 def cache_key(pack_key: str, content_sha256: str, options: Mapping[str, object]) -> str:

@@ -1,4 +1,4 @@
-"""Identification (1:N) through the service's own Gallery and FaceIndex, in a temporary data dir.
+"""Identification (1:N) through the service's own Gallery and FaissIndex, in a temporary data dir.
 
 An identity-per-folder data set is split: some identities are left out entirely (non-mated probes,
 for open-set numbers: named ones, people with a single photo, and/or randomly drawn ones); of the

@@ -399,3 +399,11 @@ def test_request_size_limit_and_cors(tmp_path: Path, default_pack_dir: Path, joh
 def test_no_cors_headers_unless_configured(client: TestClient) -> None:
     response = client.get("/healthz", headers={"Origin": "https://app.example"})
     assert "access-control-allow-origin" not in response.headers
+
+
+def test_a_repeated_query_parameter_is_422_naming_it(client: TestClient) -> None:
+    # FastAPI would keep the last value; two cursors (or thresholds) are a question the API can't answer.
+    response = client.get("/v1/subjects?cursor=&cursor=abc&limit=5", headers=H)
+    body = _problem(response, 422, "repeated_parameter")
+    assert [error["field"] for error in body["errors"]] == ["query.cursor"]
+    assert client.get("/v1/subjects?cursor=&limit=5", headers=H).status_code == 200

@@ -1,4 +1,4 @@
-"""Identification through the real Gallery/FaceIndex: splits, rank-k, open set, no-face policy."""
+"""Identification through the real Gallery/FaissIndex: splits, rank-k, open set, no-face policy."""
 
 from __future__ import annotations
 
