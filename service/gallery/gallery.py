@@ -168,6 +168,10 @@ class Gallery:
     def counts(self) -> GalleryCounts:
         return self._store.counts()
 
+    def change_seq(self) -> int:
+        """The store's change sequence: committed write transactions so far."""
+        return self._store.change_seq()
+
     def sizes(self) -> GallerySizes:
         """Subjects and faces in the store and faces in the index, as one consistent snapshot."""
         with self._lock:

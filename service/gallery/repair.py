@@ -133,6 +133,9 @@ def _move_aside(path: Path) -> Path:
     return aside
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
 def _salvage(source: Path, target: Path) -> dict[str, int]:
     """Copy every row still readable from ``source`` into a fresh gallery at ``target``."""
     SqliteGalleryStore(target).close()  # the schema (a new, 0600 file)
@@ -156,11 +159,26 @@ def _salvage(source: Path, target: Path) -> dict[str, int]:
                     f"INSERT OR IGNORE INTO {table} ({columns}) SELECT {marks}{where}", params
                 )
                 copied[table] += cursor.rowcount
+        # The change sequence goes on from the old file's (one more: the salvage is a change too).
+        new.execute(f"PRAGMA user_version = {_readable_change_seq(source) + 1}")
         new.execute("COMMIT")
     finally:
         new.close()
         old.close()
     return copied
+
+
+def _readable_change_seq(source: Path) -> int:
+    """The damaged file's change sequence (SqliteGalleryStore.change_seq), 0 without a readable header.
+
+    Read from the header bytes (user_version: 4 bytes big-endian at offset 60 of the SQLite file
+    format), because SQLite refuses even a PRAGMA on a file whose later pages are gone.
+    """
+    with source.open("rb") as handle:
+        header = handle.read(100)
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        return 0
+    return int.from_bytes(header[60:64], "big", signed=True)
 
 
 def _readable_rows(conn: sqlite3.Connection, query: str) -> list[tuple[object, ...]]:

@@ -213,6 +213,7 @@ class SqliteGalleryStore:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._bump_change_seq()
                 self._conn.execute("COMMIT")
             except BaseException:
                 # SQLite may already have rolled back (a full disk does): a second ROLLBACK would
@@ -220,6 +221,17 @@ class SqliteGalleryStore:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
+
+    # The change sequence lives in the database header's user_version (a 32-bit integer SQLite keeps
+    # for applications): written inside the transaction, so it commits or rolls back with the change,
+    # and no table or schema version changes for it. Galleries written before it start at 0.
+    def _bump_change_seq(self) -> None:
+        current = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        self._conn.execute(f"PRAGMA user_version = {current + 1}")
+
+    def change_seq(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
 
     # ------------------------------------------------------------------ integrity
 

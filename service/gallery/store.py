@@ -6,8 +6,11 @@
 codec, storage-full detection) live here so callers import them without naming a backend.
 
 Every face has an integer ``index_id``, the search index's id: a backend never reuses one, even
-after deletes, so a stale index entry can never be mistaken for a newer face. No change sequence
-is kept (none exists today; adding one would change the file format).
+after deletes, so a stale index entry can never be mistaken for a newer face.
+
+The change sequence (``change_seq``) counts committed write transactions: it grows by exactly one with
+each one, in the same transaction, never on a rolled-back write, and survives restarts. A replica that
+has applied sequence N has seen every change up to N (what a shared backend's change feed tails).
 """
 
 from __future__ import annotations
@@ -245,6 +248,10 @@ class GalleryStore(Protocol):
     """
 
     def close(self) -> None: ...
+
+    def change_seq(self) -> int:
+        """Committed write transactions so far (see the module docstring)."""
+        ...
 
     def damaged(self, why: str) -> GalleryError:
         """The error saying this store's content is damaged, with what to do about it."""

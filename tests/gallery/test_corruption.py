@@ -200,6 +200,12 @@ def test_an_unreadable_gallery_file_stops_the_start_and_repair_moves_it_aside(
     else:
         assert (aside / "something").read_text() == "not a database"
     assert _run_cli(data_dir, default_pack_dir, "check").returncode == 0
+    # The change sequence goes on from the damaged file's when its header is readable (salvage: +1).
+    with sqlite3.connect(template_gallery / GALLERY_FILE) as before, sqlite3.connect(db) as after:
+        template_seq = before.execute("PRAGMA user_version").fetchone()[0]
+        salvaged_seq = after.execute("PRAGMA user_version").fetchone()[0]
+    assert template_seq > 0
+    assert salvaged_seq == {"truncated": template_seq + 1, "directory": 0}.get(kind, 1)
     salvaged = re.search(r"salvaged into a new file: .*?(\d+) faces", repair.stdout)
     assert salvaged is not None, repair.stdout
     # Nothing is readable from a file without its header; a truncated one keeps its first pages' rows.

@@ -194,3 +194,38 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(SchemaVersionError, match="99"):
         SqliteGalleryStore(path)
+
+
+def test_the_change_sequence_counts_committed_writes_and_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "gallery.sqlite3"
+    store = SqliteGalleryStore(path)
+    assert store.change_seq() == 0
+    store.pin("pack-a", DIM)
+    subject = store.create_subject("s")
+    faces = store.add_faces(subject.id, _faces(3))
+    assert store.change_seq() == 3  # pin, create, one add of three faces: one transaction each
+    store.update_subject(subject.id, name="t")
+    store.delete_face(faces[0].id)
+    assert store.change_seq() == 5
+    store.get_subject(subject.id)
+    store.list_faces(subject.id)
+    store.list_subjects()
+    assert store.change_seq() == 5  # reads change nothing
+
+    # A write that fails (here inside its transaction) rolls its sequence step back with it.
+    store._conn.execute(
+        "CREATE TRIGGER fail_any BEFORE INSERT ON faces BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="disk on fire"):
+        store.add_faces(subject.id, _faces(2))
+    with pytest.raises(SubjectNotFoundError):
+        store.add_faces("missing", _faces(1))
+    assert store.change_seq() == 5
+    store._conn.execute("DROP TRIGGER fail_any")
+    store.close()
+
+    reopened = SqliteGalleryStore(path)
+    assert reopened.change_seq() == 5
+    reopened.delete_subject(subject.id)
+    assert reopened.change_seq() == 6
+    reopened.close()
