@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.api.auth_middleware import CredentialsInUrlMiddleware, EarlyAuthMiddleware
@@ -18,7 +18,6 @@ from service.api.errors import install_error_handlers
 from service.api.metrics import HttpMetrics, MetricsMiddleware
 from service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware, UnhandledErrorMiddleware
 from service.api.openapi import install_problem_openapi
-from service.api.query_params import single_valued_query
 from service.api.routes import detect, embed, faces, health, identify, info, keys, subjects, verify
 from service.settings import Settings, load_settings
 from service.usecases.metrics import ServiceMetrics
@@ -76,7 +75,6 @@ def create_app(settings: Settings | None = None, *, resources: ServiceResources 
         version=API_VERSION,
         description="Face detection, verification and identification. Errors are RFC 7807 problem details.",
         lifespan=lifespan,
-        dependencies=[Depends(single_valued_query)],
     )
     install_error_handlers(app)
     install_domain_error_handlers(app)

@@ -11,6 +11,7 @@ from starlette.datastructures import Headers
 
 from service.api.errors import ApiError
 from service.api.metrics import HttpMetrics
+from service.api.query_params import single_valued_query
 from service.auth.authenticator import Principal
 from service.auth.keys import Scope, grants
 from service.usecases.resources import ServiceResources
@@ -103,6 +104,7 @@ def require_scope(needed: Scope) -> Callable[..., Principal]:
             raise ApiError(
                 403, "insufficient_scope", f"this needs the {needed.value!r} scope; the key has: {held}"
             )
+        single_valued_query(request)  # after the key check: an unknown caller learns nothing from a 422
         return principal
 
     return dependency

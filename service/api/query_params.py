@@ -14,7 +14,10 @@ from service.api.errors import ApiError, FieldError
 
 
 def single_valued_query(request: Request) -> None:
-    """An app-wide dependency: 422 ``repeated_parameter`` when a query parameter appears twice."""
+    """422 ``repeated_parameter`` when a query parameter appears twice (checked by ``require_scope``).
+
+    Every route with query parameters requires a key; the routes without one take none.
+    """
     counts = Counter(key for key, _ in request.query_params.multi_items())
     repeated = sorted(key for key, count in counts.items() if count > 1)
     if repeated:

@@ -407,3 +407,7 @@ def test_a_repeated_query_parameter_is_422_naming_it(client: TestClient) -> None
     body = _problem(response, 422, "repeated_parameter")
     assert [error["field"] for error in body["errors"]] == ["query.cursor"]
     assert client.get("/v1/subjects?cursor=&limit=5", headers=H).status_code == 200
+
+
+def test_a_repeated_query_parameter_without_a_key_is_still_401(client: TestClient) -> None:
+    _problem(client.get("/v1/subjects?cursor=&cursor=abc"), 401, "missing_api_key")
