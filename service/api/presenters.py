@@ -81,11 +81,6 @@ def quality_of(quality: FaceQuality) -> Quality:
     )
 
 
-def similarity_of(value: float) -> float:
-    """A cosine similarity clamped to [-1, 1]: float32 dot products of unit vectors overshoot by ~1e-7."""
-    return min(1.0, max(-1.0, float(value)))
-
-
 def readable_name(name: object) -> str:
     """A stored name as text that always encodes: lone surrogates escaped, non-text shown as text."""
     if isinstance(name, bytes):  # SQLite is dynamically typed: a hand-written row may hold a BLOB
@@ -222,7 +217,7 @@ def candidate_out(candidate: Candidate) -> CandidateOut:
     return CandidateOut(
         subject_id=candidate.subject_id,
         name=readable_name(candidate.name),
-        similarity=similarity_of(candidate.similarity),
+        similarity=verify.cosine(candidate.similarity),
         face_id=candidate.face_id,
     )
 

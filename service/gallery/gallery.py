@@ -22,10 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service.gallery.backends import open_store, store_options
-from service.gallery.data_dir_lock import GalleryLockedError as GalleryLockedError
 from service.gallery.faiss_index import FaissIndex
 from service.gallery.index import MISSING_ID, IndexKind, IndexOptions, SearchIndex
-from service.gallery.sqlite_store import GALLERY_FILE as GALLERY_FILE
 from service.gallery.store import (
     EmbeddingSizeError,
     FaceRecord,

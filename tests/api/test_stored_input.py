@@ -36,11 +36,10 @@ from service.api.input_limits import (
     MAX_METADATA_KEYS,
     MAX_NAME_CHARS,
 )
-from service.api.presenters import similarity_of
 from service.auth.keys import KeyStore
-from service.gallery.gallery import GALLERY_FILE
-from service.gallery.sqlite_store import SqliteGalleryStore
+from service.gallery.sqlite_store import GALLERY_FILE, SqliteGalleryStore
 from service.gallery.store import UNREADABLE_METADATA_KEY
+from service.usecases.verify import cosine
 from tests.api.conftest import Person, admin_headers, running_app
 
 H = admin_headers()
@@ -454,7 +453,7 @@ def test_an_overlong_cursor_is_refused_naming_the_field(client: TestClient) -> N
 
 @given(value=st.floats(allow_nan=False))
 def test_similarity_is_clamped_to_the_cosine_range(value: float) -> None:
-    clamped = similarity_of(value)
+    clamped = cosine(value)
     assert -1.0 <= clamped <= 1.0
     assert clamped == (value if -1.0 <= value <= 1.0 else math.copysign(1.0, value))
 

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from benchmarks.local_server import LocalServer
-from service.gallery.gallery import GALLERY_FILE, Gallery
-from service.gallery.sqlite_store import SqliteGalleryStore
+from service.gallery.gallery import Gallery
+from service.gallery.sqlite_store import GALLERY_FILE, SqliteGalleryStore
 from service.gallery.store import NewFace, PackPinMissingError, StoredCrop
 from service.pipeline.face_pipeline import FacePipeline
 from service.settings import Settings

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.gallery.gallery import EmptySubjectError, Gallery, GalleryLockedError
+from service.gallery.data_dir_lock import GalleryLockedError
+from service.gallery.gallery import EmptySubjectError, Gallery
 from service.gallery.index import IndexKind
 from service.gallery.store import EmbeddingSizeError, NewFace, PackMismatchError, SubjectNotFoundError
 from service.settings import Settings, SubjectScore

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.gallery.gallery import GALLERY_FILE, Gallery, GalleryLockedError
+from service.gallery.data_dir_lock import GalleryLockedError
+from service.gallery.gallery import Gallery
 from service.gallery.reembed import reembed_gallery
-from service.gallery.sqlite_store import SqliteGalleryStore
+from service.gallery.sqlite_store import GALLERY_FILE, SqliteGalleryStore
 from service.gallery.store import GalleryError, NewFace, PackMismatchError, PackPin, StoredCrop
 from service.packs.files import write_manifest
 from service.packs.loader import load_pack
