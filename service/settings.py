@@ -6,7 +6,7 @@ import os
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -46,6 +46,11 @@ class ExecutionDevice(StrEnum):
     CUDA = "cuda"  # CUDA required: start fails without it
 
 
+class SearchBackend(StrEnum):
+    FAISS = "faiss"  # every replica searches its own in-memory FAISS index, fed by the change feed
+    PGVECTOR = "pgvector"  # search inside PostgreSQL (HNSW): for galleries too large for each replica
+
+
 class SubjectScore(StrEnum):
     MAX = "max"  # a subject's score is the best of its faces
     MEAN = "mean"  # mean of its faces' similarities
@@ -75,6 +80,19 @@ class Settings(BaseSettings):
     models_dir: Path = Field(default_factory=default_models_dir)
     pack: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     store_crops: bool = True  # keep aligned crops so the gallery can be re-embedded
+
+    # --- shared gallery (PostgreSQL). Unset: the embedded SQLite gallery in data_dir.
+    # A libpq URL (postgresql://user:password@host:5432/db); secret because it may carry a password.
+    database_url: SecretStr | None = None
+    search: SearchBackend = SearchBackend.FAISS  # pgvector needs database_url
+    db_pool_min_size: int = Field(1, ge=0, le=100)
+    db_pool_max_size: int = Field(8, ge=1, le=100)
+    # A request waits this long for a database connection before it is answered 503.
+    db_timeout_s: float = Field(3.0, gt=0.0, le=120.0)
+    # Replicas wake on LISTEN/NOTIFY; they also poll this often (the fallback when a notice is lost).
+    feed_poll_interval_s: float = Field(1.0, gt=0.0, le=60.0)
+    # /readyz fails while the oldest change this replica has not applied is older than this.
+    replica_max_lag_s: float = Field(30.0, gt=0.0)
 
     # --- auth
     api_key: SecretStr | None = None  # an explicit admin key (tests, Docker)
@@ -139,9 +157,25 @@ class Settings(BaseSettings):
     hnsw_ef_search: int = Field(256, ge=8)
     faiss_gpu: bool = True  # use faiss-gpu when it is installed and a GPU is present
 
+    @model_validator(mode="after")
+    def _shared_gallery_settings_agree(self) -> Settings:
+        if self.search is SearchBackend.PGVECTOR and self.database_url is None:
+            raise ValueError("FACE_SEARCH=pgvector searches inside PostgreSQL: set FACE_DATABASE_URL too")
+        if self.db_pool_min_size > self.db_pool_max_size:
+            raise ValueError(
+                f"FACE_DB_POOL_MIN_SIZE ({self.db_pool_min_size}) exceeds "
+                f"FACE_DB_POOL_MAX_SIZE ({self.db_pool_max_size})"
+            )
+        return self
+
     @property
     def pack_dir(self) -> Path:
         return self.models_dir / self.pack
+
+    @property
+    def shared_gallery(self) -> bool:
+        """Whether the gallery lives in PostgreSQL (shared by replicas) rather than in data_dir."""
+        return self.database_url is not None
 
 
 def load_settings() -> Settings:

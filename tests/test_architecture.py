@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "service.private_files",
             "service.sqlite_text",
             "service.command_hints",
+            "service.postgres",
         ),
     ),
     ("pack contract", ("service.packs",)),

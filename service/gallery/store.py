@@ -313,6 +313,59 @@ class GalleryStore(Protocol):
     ) -> AbstractContextManager[EmbeddingWriter]: ...
 
 
+class StoreUnavailableError(GalleryError):
+    """The backend cannot be reached now (a shared database is down): nothing changed; retry later."""
+
+
+@dataclass(frozen=True)
+class FaceChange:
+    """What one committed write transaction did to the searchable faces (a change-feed entry)."""
+
+    seq: int
+    committed_at: float  # Unix time of the commit, from the database's clock
+    added_ids: IntArray  # faces this transaction added that still exist when the feed is read
+    added: FloatArray  # (len(added_ids), D) their embeddings
+    removed_ids: IntArray
+    reset: bool = False  # embeddings rewritten wholesale (re-embedding): rebuild from a snapshot
+
+
+@dataclass(frozen=True)
+class GallerySnapshot:
+    """Every searchable face and the change sequence they reflect, read in one transaction."""
+
+    seq: int
+    ids: IntArray
+    embeddings: FloatArray
+
+
+class ChangeFeed(Protocol):
+    """A shared backend's ordered log of committed changes, which replicas tail to keep their index.
+
+    Sequence numbers are dense (1, 2, 3, ...) and commit in order, so "everything after N" never
+    misses a transaction that commits late. The log keeps recent entries only; a replica further
+    behind than the log reaches gets ``None`` and rebuilds from a snapshot.
+    """
+
+    def snapshot(self) -> GallerySnapshot: ...
+
+    def changes_since(self, seq: int, limit: int = 1000) -> list[FaceChange] | None:
+        """Entries after ``seq``, oldest first, at most ``limit``; ``None`` when some were trimmed."""
+        ...
+
+    def oldest_unapplied_age_s(self, applied_seq: int) -> float:
+        """Seconds since the first entry after ``applied_seq`` committed (0.0 when there is none)."""
+        ...
+
+    def wait_for_change(self, timeout_s: float) -> bool:
+        """Block until a change is announced (LISTEN/NOTIFY) or ``timeout_s`` passes; True if announced.
+
+        Raises ``StoreUnavailableError`` when the database cannot be reached (the caller backs off).
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
 class GalleryLock(Protocol):
     """What keeps other processes off a gallery while it is open (a backend may bring none)."""
 
@@ -321,20 +374,32 @@ class GalleryLock(Protocol):
 
 @dataclass(frozen=True)
 class StoreOptions:
-    """Which backend holds the gallery, and its settings (only its name today: SQLite needs none)."""
+    """Which backend holds the gallery, and its settings (SQLite needs none beyond the data dir)."""
 
     backend: str = "sqlite"
+    database_url: str | None = None  # postgresql: the libpq URL
+    pool_min_size: int = 1
+    pool_max_size: int = 8
+    timeout_s: float = 3.0  # wait for a connection this long, then StoreUnavailableError
+    vector_index: bool = False  # postgresql: keep a pgvector HNSW index on the embeddings
 
 
 @dataclass(frozen=True)
 class OpenedStore:
-    """A backend's store and the lock it took; ``close`` releases both."""
+    """A backend's store, the lock it took and, for a shared backend, its change feed.
+
+    ``feed`` is None for a backend only this process writes (SQLite): the gallery then updates its
+    index inline. ``close`` releases all three.
+    """
 
     store: GalleryStore
     lock: GalleryLock | None
+    feed: ChangeFeed | None = None
 
     def close(self) -> None:
         try:
+            if self.feed is not None:
+                self.feed.close()
             self.store.close()
         finally:
             if self.lock is not None:

@@ -1,0 +1,1 @@
+"""PostgreSQL plumbing shared by the gallery and key stores: the pool, URL redaction, migrations."""
