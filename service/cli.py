@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from service.api.input_limits import check_name
-from service.auth.keys import KeyStore, KeyStoreError, parse_scopes
+from service.auth.keys import KeyStore, KeyStoreError, SqliteKeyStore, parse_scopes
 from service.command_hints import command_hint
 from service.settings import Settings, load_settings
 
@@ -128,18 +128,92 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if repaired.after.ok else 1
 
 
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Copy the data dir's SQLite gallery and API keys into an empty PostgreSQL database, verified."""
+    from pathlib import Path
+
+    from service.gallery.migrate import EMPTY_DATABASE_ADVICE, MigrationError, migrate_to_postgres
+
+    # The URL from FACE_DATABASE_URL keeps its password out of the shell history and the process list.
+    url = args.to or (settings.database_url.get_secret_value() if settings.database_url is not None else "")
+    if not url:
+        return _fail("migrate needs the target database: --to postgresql://... (or FACE_DATABASE_URL)")
+    data_dir = Path(args.data_dir) if args.data_dir is not None else settings.data_dir
+
+    def progress(done: int, total: int) -> None:
+        print(f"  copied {done}/{total} faces", file=sys.stderr, flush=True)
+
+    try:
+        report = migrate_to_postgres(
+            data_dir, url, batch_size=args.batch_size, timeout_s=settings.db_timeout_s, progress=progress
+        )
+    except MigrationError as exc:
+        return _fail(f"migrate failed: {exc}")
+    print("\n".join(report.summary()))
+    if not report.ok:
+        problems = "".join(f"\n  {line}" for line in report.differences)
+        return _fail(
+            f"verification FAILED: the copy differs from the source:{problems}\n"
+            f"the source is unchanged; {EMPTY_DATABASE_ADVICE}"
+        )
+    print(
+        "verified: the database holds exactly the source's gallery and keys (the source is unchanged); "
+        "start the service with FACE_DATABASE_URL set to it"
+    )
+    return 0
+
+
+def _add_migrate_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    migrate = commands.add_parser(
+        "migrate",
+        help="copy the data dir's SQLite gallery and API keys into an empty PostgreSQL database, verified "
+        "(service stopped)",
+    )
+    migrate.add_argument("--to", help="the target database, postgresql://... (default: FACE_DATABASE_URL)")
+    migrate.add_argument("--data-dir", help="the data dir to copy from (default: FACE_DATA_DIR)")
+    migrate.add_argument("--batch-size", type=int, default=500, help="faces per transaction (default: 500)")
+    migrate.set_defaults(handler=cmd_migrate)
+
+
 def _keys_failure(settings: Settings, exc: Exception) -> int:
+    """A SQLite key file's own error, told as the damaged store it means (a database store says so itself)."""
     from service.auth.keys import KeyStoreCorruptError
 
-    return _fail(str(KeyStoreCorruptError(KeyStore.in_data_dir(settings.data_dir).path, str(exc))))
+    path = SqliteKeyStore.in_data_dir(settings.data_dir).path
+    return _fail(str(KeyStoreCorruptError.in_file(path, str(exc))))
 
 
-def _checked_key_store(settings: Settings) -> KeyStore:
-    """The key store, refused (KeyStoreCorruptError) when damaged: the server would not start on it."""
-    store = KeyStore.in_data_dir(settings.data_dir)
-    store.ensure_schema()
-    store.check()
+def _open_key_store(settings: Settings, *, checked: bool) -> KeyStore:
+    """The configured key store (FACE_DATABASE_URL: the shared database); ``checked``: refused
+    (KeyStoreCorruptError) when damaged, as the server would refuse to start on it."""
+    from service.auth.stores import open_key_store
+
+    store = open_key_store(settings)
+    if checked:
+        try:
+            store.ensure_schema()
+            store.check()
+        except BaseException:
+            store.close()
+            raise
     return store
+
+
+def _run_keys_command(settings: Settings, command: Callable[[KeyStore], int], *, checked: bool) -> int:
+    """Run ``command`` on the key store; every failure is one line on stderr and exit status 1."""
+    from service.postgres.migrations import SchemaTooNewError
+    from service.postgres.pool import DatabaseUnavailableError
+
+    try:
+        store = _open_key_store(settings, checked=checked)
+        try:
+            return command(store)
+        finally:
+            store.close()
+    except (KeyStoreError, DatabaseUnavailableError, SchemaTooNewError) as exc:
+        return _fail(str(exc))
+    except (sqlite3.Error, OSError) as exc:
+        return _keys_failure(settings, exc)
 
 
 def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
@@ -149,39 +223,39 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
         return _fail(f"--name: {exc}")
     try:
         scopes = parse_scopes(args.scopes)
-        created = _checked_key_store(settings).create(scopes, name=args.name)
     except KeyStoreError as exc:
         return _fail(str(exc))
-    except (sqlite3.Error, OSError) as exc:
-        return _keys_failure(settings, exc)
-    print(f"key id: {created.record.id}")
-    print(f"scopes: {','.join(sorted(scopes))}")
-    print(f"key:    {created.key}")
-    print("(shown once: store it now)")
-    return 0
+
+    def create(store: KeyStore) -> int:
+        created = store.create(scopes, name=args.name)
+        print(f"key id: {created.record.id}")
+        print(f"scopes: {','.join(sorted(scopes))}")
+        print(f"key:    {created.key}")
+        print("(shown once: store it now)")
+        return 0
+
+    return _run_keys_command(settings, create, checked=True)
 
 
 def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        keys = KeyStore.in_data_dir(settings.data_dir).list(include_revoked=args.all)
-    except (KeyStoreError, sqlite3.Error, OSError) as exc:
-        return _keys_failure(settings, exc)
-    print(f"{'id':<14}{'scopes':<20}{'created':<27}{'status':<37}name")
-    for key in keys:
-        status = "active" if key.active else f"revoked {key.revoked_at}"
-        print(f"{key.id:<14}{','.join(sorted(key.scopes)):<20}{key.created_at:<27}{status:<37}{key.name}")
-    return 0
+    def show(store: KeyStore) -> int:
+        keys = store.list(include_revoked=args.all)
+        print(f"{'id':<14}{'scopes':<20}{'created':<27}{'status':<37}name")
+        for key in keys:
+            status = "active" if key.active else f"revoked {key.revoked_at}"
+            print(f"{key.id:<14}{','.join(sorted(key.scopes)):<20}{key.created_at:<27}{status:<37}{key.name}")
+        return 0
+
+    return _run_keys_command(settings, show, checked=False)
 
 
 def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        record = _checked_key_store(settings).revoke(args.key_id)
-    except KeyStoreError as exc:
-        return _fail(str(exc))
-    except (sqlite3.Error, OSError) as exc:
-        return _keys_failure(settings, exc)
-    print(f"revoked {record.id} ({record.revoked_at})")
-    return 0
+    def revoke(store: KeyStore) -> int:
+        record = store.revoke(args.key_id)
+        print(f"revoked {record.id} ({record.revoked_at})")
+        return 0
+
+    return _run_keys_command(settings, revoke, checked=True)
 
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -219,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="quarantine bad faces and salvage an unreadable file into a new one (nothing is deleted)",
     )
     check.set_defaults(handler=cmd_check)
+    _add_migrate_parser(commands)
 
     keys = commands.add_parser("keys", help="manage API keys in FACE_DATA_DIR")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)

@@ -9,6 +9,8 @@ is missing or its server cannot start here.
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,11 +78,15 @@ def start_postgres(base: Path) -> PostgresServer:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    server = start_postgres(tmp_path_factory.mktemp("postgres"))
+def postgres_server() -> Iterator[PostgresServer]:
+    # Not under pytest's temp dir: the server runs as another user, which must traverse the path, and
+    # pytest makes /tmp/pytest-of-<user> private again whenever a session starts.
+    base = Path(tempfile.mkdtemp(prefix="face-service-pg-"))
+    server = start_postgres(base)
     yield server
     with contextlib.suppress(Exception):
         server.handle.cleanup()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None, *, resources: ServiceResources 
                 )
                 yield {RESOURCES_STATE: ready, HTTP_METRICS_STATE: http_metrics}
         finally:
-            ready.gallery.close()
+            ready.close()
 
     app = FastAPI(
         title=API_TITLE,

@@ -3,8 +3,9 @@ thresholds raise (most specific class first through the MRO).
 
 Image decode errors take their status from the decoder's code (limits 413, bytes that are no image we
 read 415, an image we recognise but cannot finish decoding 422). A full disk (SQLite's "database or
-disk is full", ENOSPC, EFBIG, EDQUOT) from any write is 507 ``storage_full``: the write was rolled
-back, so the client may retry once space is freed.
+disk is full", PostgreSQL's SQLSTATE 53100, ENOSPC, EFBIG, EDQUOT) from any write is 507
+``storage_full``: the write was rolled back, so the client may retry once space is freed. A shared
+database that cannot be reached is 503 ``gallery_unavailable`` with Retry-After: nothing was changed.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from service.api.errors import ApiError, FieldError, problem_response_for_scope
+from service.auth.keys import KeyStoreUnavailableError
 from service.gallery.gallery import EmptySubjectError
 from service.gallery.store import (
     FaceNotFoundError,
     GalleryError,
     InvalidCursorError,
+    StoreUnavailableError,
     SubjectNotFoundError,
     is_storage_full,
 )
@@ -91,9 +95,34 @@ def _retry_after(exc: UseCaseError) -> dict[str, str]:
     return {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, BusyError) else {}
 
 
+# A shared database that is down: nothing was changed; the pool reconnects once it is back.
+GALLERY_UNAVAILABLE_RETRY_AFTER_S = 2
+
+
+# Fixed details, not the exceptions' text: that names the database host (logged, not a client's business).
+def _gallery_unavailable(_: Exception) -> ApiError:
+    return ApiError(
+        503,
+        "gallery_unavailable",
+        "the gallery database cannot be reached: nothing was changed; retry shortly",
+        headers={"Retry-After": str(GALLERY_UNAVAILABLE_RETRY_AFTER_S)},
+    )
+
+
+def _keys_unavailable(_: Exception) -> ApiError:
+    return ApiError(
+        503,
+        "keys_unavailable",
+        "the API key store cannot be reached: the key was neither accepted nor refused; retry shortly",
+        headers={"Retry-After": str(GALLERY_UNAVAILABLE_RETRY_AFTER_S)},
+    )
+
+
 DOMAIN_ERRORS: dict[type[Exception], ToProblem] = {
+    KeyStoreUnavailableError: _keys_unavailable,
     SubjectNotFoundError: _plain(404, "subject_not_found"),
     FaceNotFoundError: _plain(404, "face_not_found"),
+    StoreUnavailableError: _gallery_unavailable,
     InvalidCursorError: _plain(422, "invalid_cursor", "query.cursor"),
     EmptySubjectError: _plain(409, "subject_has_no_faces"),
     ThresholdError: _plain(422, "invalid_threshold", "threshold"),
@@ -140,7 +169,8 @@ async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_domain_error_handlers(app: FastAPI) -> None:
-    for cls in (GalleryError, ThresholdError, UseCaseError):
+    for cls in (GalleryError, ThresholdError, UseCaseError, KeyStoreUnavailableError):
         app.add_exception_handler(cls, _domain_error)
     app.add_exception_handler(sqlite3.Error, _storage_error)
+    app.add_exception_handler(psycopg.Error, _storage_error)  # PostgreSQL's disk full (SQLSTATE 53100)
     app.add_exception_handler(OSError, _storage_error)

@@ -36,13 +36,14 @@ from service.api.schemas import (
     OperatingPointOut,
     Quality,
     RejectionOut,
+    ReplicationOut,
     SubjectOut,
     SubjectRef,
     ThresholdOut,
     VerifyResponse,
 )
 from service.auth.keys import ApiKey
-from service.gallery.gallery import Candidate
+from service.gallery.gallery import Candidate, ReplicationStatus
 from service.gallery.store import UNREADABLE_METADATA_KEY, FaceRecord, Subject
 from service.pipeline.types import DetectedFace, FaceQuality
 from service.usecases import verify
@@ -276,7 +277,23 @@ def info_response(info: ServiceInfo) -> InfoResponse:
         threshold=threshold_out(info.threshold),
         subject_score=info.subject_score,
         gallery=GalleryInfo(
-            subjects=info.gallery.subjects, faces=info.gallery.faces, index_type=info.index_kind
+            subjects=info.gallery.subjects,
+            faces=info.gallery.faces,
+            index_type=info.index_kind,
+            backend=info.backend,
+            replication=replication_out(info.replication),
         ),
         auth_enabled=info.auth_enabled,
+    )
+
+
+def replication_out(status: ReplicationStatus | None) -> ReplicationOut | None:
+    if status is None:
+        return None
+    return ReplicationOut(
+        applied_seq=status.applied_seq,
+        database_seq=status.database_seq,
+        lag_changes=status.lag_changes,
+        lag_s=round(status.lag_s, 3),
+        following=status.following,
     )

@@ -401,10 +401,22 @@ class OperatingPointOut(_Out):
     source: str
 
 
+class ReplicationOut(_Out):
+    """A replica's place in the shared gallery's change feed (FACE_DATABASE_URL set)."""
+
+    applied_seq: int = Field(description="the last change applied to this replica's search index")
+    database_seq: int = Field(description="the last change committed to the shared database")
+    lag_changes: int
+    lag_s: float = Field(description="age of the oldest change not applied yet; 0 when caught up")
+    following: bool = Field(description="false while the replica cannot reach the database")
+
+
 class GalleryInfo(_Out):
     subjects: int
     faces: int
     index_type: str
+    backend: str = Field(description="sqlite (embedded) or postgresql (shared by replicas)")
+    replication: ReplicationOut | None = None
 
 
 class InfoResponse(_Out):
@@ -428,6 +440,7 @@ class HealthResponse(_Out):
 class ReadyResponse(_Out):
     status: Literal["ready", "not_ready"]
     checks: dict[str, bool]
+    replication: ReplicationOut | None = None
 
 
 class ProblemFieldError(_Out):

@@ -2,10 +2,13 @@
 
 A key looks like ``fsk_<key id>_<secret>``. The key id (public) finds the record; the secret is 32 random
 bytes, so a plain SHA-256 of the whole key is a safe verifier (no password stretching needed for a
-high-entropy secret). Keys live in SQLite (``api_keys.sqlite3`` in the data dir) so the CLI can create or
-revoke keys while the server runs and the server sees the change on the next request.
+high-entropy secret). Keys live behind the ``KeyStore`` protocol: in SQLite (``api_keys.sqlite3`` in the
+data dir, ``SqliteKeyStore``) for one process, or in the shared PostgreSQL database when
+``FACE_DATABASE_URL`` is set (``service.auth.postgres_keys``), so that a key made on one replica works on
+all. Either way the CLI can create or revoke keys while the server runs and the server sees the change
+on the next request.
 
-Authentication only reads: a read-only connection, no schema statements, and a rollback journal
+SQLite authentication only reads: a read-only connection, no schema statements, and a rollback journal
 (not WAL, whose readers need a -shm file), so that stored keys keep working on a full disk. Any
 row or file that cannot be read is "no such key" (401) for the request and a failed check for start
 and readiness, never a 500.
@@ -25,7 +28,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
+from service.postgres.pool import DatabaseUnavailableError
 from service.private_files import ensure_private_dir, ensure_private_file
 from service.sqlite_text import lenient_text
 
@@ -62,17 +67,37 @@ class KeyStoreError(ValueError):
 
 
 class KeyStoreCorruptError(KeyStoreError):
-    """The key store file cannot be read, or holds rows this service did not write."""
+    """The key store cannot be read, or holds rows this service did not write (a start-up error)."""
 
-    def __init__(self, path: Path, why: str) -> None:
+    @classmethod
+    def in_file(cls, path: Path, why: str) -> KeyStoreCorruptError:
         from service.command_hints import command_hint
 
         create = command_hint("face-service", "keys", "create", "--scopes", "admin", data_dir=path.parent)
-        super().__init__(
+        return cls(
             f"the API key store {path} is unreadable or tampered with ({why}): stop the service, move "
             f"the file aside and create keys again with `{create}` "
             "(it holds only key hashes; the gallery is not affected)"
         )
+
+    @classmethod
+    def in_database(cls, redacted_url: str, why: str) -> KeyStoreCorruptError:
+        from service.command_hints import command_hint
+
+        create = command_hint("face-service", "keys", "create", "--scopes", "admin")
+        return cls(
+            f"the API key store (table api_keys) in the database at {redacted_url} is unreadable or "
+            f"tampered with ({why}): drop the table and its rows in schema_migrations (component "
+            f"'keys'), then create keys again with `{create}` and the same FACE_DATABASE_URL "
+            "(it holds only key hashes; the gallery is not affected)"
+        )
+
+
+class KeyStoreUnavailableError(DatabaseUnavailableError):
+    """The shared key database cannot be reached now: a key is neither accepted nor refused (503).
+
+    Not a KeyStoreError: callers that turn KeyStoreError into "no such key" (404, 401) must not.
+    """
 
 
 def parse_scopes(values: Iterable[str]) -> frozenset[Scope]:
@@ -164,14 +189,57 @@ def _row_to_key(row: sqlite3.Row) -> ApiKey:
     )
 
 
-class KeyStore:
+class KeyStore(Protocol):
+    """Where API keys live: hashes only, looked up by key id, revocable.
+
+    Errors: KeyStoreError for an operation that cannot be done (unknown key id, no scopes);
+    KeyStoreCorruptError when the store cannot be read or holds rows this service did not write;
+    KeyStoreUnavailableError (a shared database only) when it cannot be reached now.
+    """
+
+    def ensure_schema(self) -> None:
+        """Create the store's tables when missing (start-up and the CLI; never per request)."""
+        ...
+
+    def check(self) -> None:
+        """Raise KeyStoreCorruptError unless every stored row reads cleanly."""
+        ...
+
+    def readable(self) -> bool:
+        """Whether ``check`` passes and the store can be reached (readiness); never raises."""
+        ...
+
+    def create(self, scopes: frozenset[Scope], name: str = "") -> CreatedKey: ...
+
+    def create_if_empty(self, scopes: frozenset[Scope], name: str = "") -> CreatedKey | None:
+        """A new key only when the store holds none, atomically across processes (else None)."""
+        ...
+
+    def list(self, *, include_revoked: bool = True) -> list[ApiKey]: ...
+
+    def get(self, key_id: str) -> ApiKey | None: ...
+
+    def revoke(self, key_id: str) -> ApiKey:
+        """Revoke (idempotent) and return the record; KeyStoreError when no key has that id."""
+        ...
+
+    def count(self) -> int: ...
+
+    def authenticate(self, presented: str) -> ApiKey | None:
+        """The active key record matching ``presented``, or None for an unknown, revoked or bad key."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SqliteKeyStore:
     """API keys in a small SQLite file; a connection per operation keeps it safe across threads."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
     @classmethod
-    def in_data_dir(cls, data_dir: Path) -> KeyStore:
+    def in_data_dir(cls, data_dir: Path) -> SqliteKeyStore:
         return cls(data_dir / KEYS_DB_FILE)
 
     def ensure_schema(self) -> None:
@@ -211,23 +279,25 @@ class KeyStore:
     def check(self) -> None:
         """Raise KeyStoreCorruptError unless the file reads cleanly and every row is well formed."""
         if not self.path.is_file():
-            raise KeyStoreCorruptError(self.path, "missing, or not a regular file")
+            raise KeyStoreCorruptError.in_file(self.path, "missing, or not a regular file")
         try:
             with self._read() as conn:
                 verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
                 if verdict != "ok":
-                    raise KeyStoreCorruptError(self.path, f"integrity check: {verdict}")
+                    raise KeyStoreCorruptError.in_file(self.path, f"integrity check: {verdict}")
                 columns = tuple(row["name"] for row in conn.execute("PRAGMA table_info(api_keys)"))
                 if columns != _COLUMNS:
-                    raise KeyStoreCorruptError(self.path, f"table api_keys has columns {columns or 'none'}")
+                    raise KeyStoreCorruptError.in_file(
+                        self.path, f"table api_keys has columns {columns or 'none'}"
+                    )
                 for row in conn.execute("SELECT * FROM api_keys"):
                     _row_to_key(row)
         except sqlite3.Error as error:
-            raise KeyStoreCorruptError(self.path, str(error)) from None
+            raise KeyStoreCorruptError.in_file(self.path, str(error)) from None
         except KeyStoreCorruptError:
             raise
         except KeyStoreError as error:
-            raise KeyStoreCorruptError(self.path, str(error)) from None
+            raise KeyStoreCorruptError.in_file(self.path, str(error)) from None
 
     def readable(self) -> bool:
         """Whether ``check`` passes (for readiness)."""
@@ -250,12 +320,27 @@ class KeyStore:
             )
         return CreatedKey(record=record, key=key)
 
+    def create_if_empty(self, scopes: frozenset[Scope], name: str = "") -> CreatedKey | None:
+        if not scopes:
+            raise KeyStoreError("at least one scope is needed (read, enroll, admin)")
+        key_id, key = generate_key()
+        record = ApiKey(id=key_id, name=name, scopes=scopes, created_at=_now())
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")  # the write lock first: a second process waits, then sees a key
+            if int(conn.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0]) > 0:
+                return None
+            conn.execute(
+                "INSERT INTO api_keys (id, name, scopes, key_sha256, created_at) VALUES (?, ?, ?, ?, ?)",
+                (record.id, record.name, _scopes_text(scopes), hash_key(key), record.created_at),
+            )
+        return CreatedKey(record=record, key=key)
+
     def list(self, *, include_revoked: bool = True) -> list[ApiKey]:
         if not self.path.exists():
             return []
         with self._read() as conn:
             rows = conn.execute("SELECT * FROM api_keys ORDER BY created_at, id").fetchall()
-        keys = [_row_to_key(row) for row in rows]
+        keys = [self._checked(row) for row in rows]
         return keys if include_revoked else [key for key in keys if key.active]
 
     def get(self, key_id: str) -> ApiKey | None:
@@ -263,7 +348,14 @@ class KeyStore:
             return None
         with self._read() as conn:
             row = conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-        return None if row is None else _row_to_key(row)
+        return None if row is None else self._checked(row)
+
+    def _checked(self, row: sqlite3.Row) -> ApiKey:
+        """A listed row's record; a malformed row means a damaged file (KeyStoreCorruptError)."""
+        try:
+            return _row_to_key(row)
+        except KeyStoreError as error:
+            raise KeyStoreCorruptError.in_file(self.path, str(error)) from None
 
     def revoke(self, key_id: str) -> ApiKey:
         with self._connect() as conn:
@@ -296,3 +388,6 @@ class KeyStore:
             logger.warning("key %s refused: the key store %s could not be read: %s", key_id, self.path, error)
             return None
         return record if key_matches(presented, row["key_sha256"]) else None
+
+    def close(self) -> None:
+        """Nothing to release: every operation opens and closes its own connection."""

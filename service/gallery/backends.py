@@ -10,8 +10,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
+from service.gallery.postgres_store import open_postgres_store
 from service.gallery.sqlite_store import open_sqlite_store
 from service.gallery.store import GalleryError, OpenedStore, StoreOptions
+from service.settings import SearchBackend
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -27,13 +29,24 @@ class UnknownBackendError(GalleryError, ValueError):
     """The configured gallery backend is not one this service has."""
 
 
-STORE_BACKENDS: Mapping[str, StoreOpener] = MappingProxyType({"sqlite": open_sqlite_store})
+STORE_BACKENDS: Mapping[str, StoreOpener] = MappingProxyType(
+    {"sqlite": open_sqlite_store, "postgresql": open_postgres_store}
+)
 
 
 def store_options(settings: Settings) -> StoreOptions:
-    """The backend options ``settings`` ask for (the SQLite default: no backend setting exists yet)."""
-    del settings  # PostgreSQL brings FACE_GALLERY_BACKEND and its DSN here
-    return StoreOptions()
+    """The backend ``settings`` ask for: PostgreSQL when FACE_DATABASE_URL is set, else SQLite."""
+    if settings.database_url is None:
+        return StoreOptions()
+    return StoreOptions(
+        backend="postgresql",
+        database_url=settings.database_url.get_secret_value(),
+        pool_min_size=settings.db_pool_min_size,
+        pool_max_size=settings.db_pool_max_size,
+        timeout_s=settings.db_timeout_s,
+        vector_index=settings.search is SearchBackend.PGVECTOR,
+        ef_search=settings.hnsw_ef_search,
+    )
 
 
 def open_store(data_dir: Path, options: StoreOptions, *, must_exist: bool = False) -> OpenedStore:

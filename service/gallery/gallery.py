@@ -3,8 +3,15 @@
 Consistency rule, for every backend: the store is the source of truth; the index is derived from
 it. Writers commit to the store first, then update the index, both while holding the gallery's
 lock; readers search while holding it, so a reader never sees a face that is not committed and
-never misses one that is. On any doubt the index is rebuilt from the store: at every start, and
-whenever an index update fails after a commit (before the lock is released).
+never misses one this process committed. On any doubt the index is rebuilt from the store: at every
+start, and whenever an index update fails after a commit (before the lock is released).
+
+A shared backend (PostgreSQL, several replicas) brings a change feed: then the index follows the
+feed instead, in sequence order, both after this replica's own writes (read-your-writes) and from a
+follower thread for other replicas' writes (LISTEN/NOTIFY, polling as the fallback). A gap in the
+feed, a wholesale re-embedding or a failed update rebuilds the index from a consistent snapshot.
+Search results are resolved through the store, so a face deleted on any replica is never returned,
+even before the feed removes it here. A backend that searches by itself (pgvector) needs neither.
 
 Embeddings arrive unit-norm (the embedder owns that); the gallery checks shape, dtype and size.
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +30,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service.gallery.backends import open_store, store_options
+from service.gallery.change_follower import ChangeFollower
 from service.gallery.faiss_index import FaissIndex
 from service.gallery.index import MISSING_ID, IndexKind, IndexOptions, SearchIndex
 from service.gallery.store import (
+    ChangeFeed,
     EmbeddingSizeError,
+    FaceChange,
     FaceRecord,
     FaceRef,
     GalleryCounts,
@@ -34,7 +45,10 @@ from service.gallery.store import (
     GalleryStore,
     IntArray,
     NewFace,
+    OpenedStore,
+    PackMismatchError,
     StoredCrop,
+    StoreUnavailableError,
     Subject,
     SubjectPage,
 )
@@ -46,6 +60,8 @@ if TYPE_CHECKING:
     from service.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+CATCH_UP_BATCH = 1000  # feed entries read per round trip while catching up
 
 
 class EmptySubjectError(GalleryError, LookupError):
@@ -66,11 +82,26 @@ class Candidate:
 
 @dataclass(frozen=True)
 class GallerySizes:
-    """Store counts and index size read together (under the gallery lock): faces == indexed_faces."""
+    """Store counts and index size read together (under the gallery lock).
+
+    faces == indexed_faces for a gallery only this process writes; a replica of a shared gallery may
+    trail by the changes it has not applied yet (see ``ReplicationStatus``).
+    """
 
     subjects: int
     faces: int
     indexed_faces: int
+
+
+@dataclass(frozen=True)
+class ReplicationStatus:
+    """Where this replica's index stands in the shared store's change feed."""
+
+    applied_seq: int  # the last change applied to this replica's index
+    database_seq: int  # the last change committed to the shared store
+    lag_changes: int
+    lag_s: float  # age of the oldest change not applied yet (0.0 when caught up)
+    following: bool  # False while the follower cannot reach the database
 
 
 def verify_store(store: GalleryStore) -> None:
@@ -100,7 +131,10 @@ class Gallery:
         *,
         subject_score: SubjectScore = SubjectScore.MAX,
         dir_lock: GalleryLock | None = None,
+        feed: ChangeFeed | None = None,
+        applied_seq: int = 0,
     ) -> None:
+        """``feed``: the shared store's change feed this index follows (from ``applied_seq`` on)."""
         pin = store.pinned_pack()
         if pin is None:
             raise GalleryError("the store is not pinned to a pack")
@@ -112,29 +146,59 @@ class Gallery:
         self._embedding_size = pin.embedding_size
         self._lock = threading.RLock()
         self._index_stale = False
+        self._feed = feed
+        self._applied_seq = applied_seq
+        self._follower: ChangeFollower | None = None
+        self._repinned_to: str | None = None  # another pack re-embedded the shared gallery meanwhile
 
     @classmethod
     def open(cls, data_dir: Path, pack_id: str, embedding_size: int, settings: Settings) -> Gallery:
-        """Open (or create) the gallery of ``data_dir``, pinned to ``pack_id``; rebuilds the index."""
+        """Open (or create) the gallery, pinned to ``pack_id``; builds the index from the store.
+
+        The store is the SQLite file in ``data_dir``, or the shared database ``settings`` name.
+        """
         data_dir = ensure_private_dir(Path(data_dir))
         opened = open_store(data_dir, store_options(settings))
-        store = opened.store
         try:
-            verify_store(store)
-            store.pin(pack_id, embedding_size)
-            ids, vectors = _searchable_embeddings(store)
-            index = FaissIndex.build(embedding_size, ids, vectors, IndexOptions.from_settings(settings))
+            verify_store(opened.store)
+            opened.store.pin(pack_id, embedding_size)
+            index, feed, applied_seq = _initial_index(opened, embedding_size, settings)
         except BaseException:
             opened.close()
             raise
-        logger.info("gallery %s: %d faces, %s index", data_dir, index.size, index.kind)
-        return cls(store, index, subject_score=settings.subject_score, dir_lock=opened.lock)
+        logger.info("gallery: %d faces, %s index, change %d", index.size, index.kind, applied_seq)
+        gallery = cls(
+            opened.store,
+            index,
+            subject_score=settings.subject_score,
+            dir_lock=opened.lock,
+            feed=feed,
+            applied_seq=applied_seq,
+        )
+        if feed is not None:
+            gallery.follow(settings.feed_poll_interval_s)
+        elif opened.feed is not None:  # searched in the database: the feed has nothing to feed
+            opened.feed.close()
+        return gallery
+
+    def follow(self, poll_interval_s: float) -> None:
+        """Start the thread that applies other replicas' changes (a shared store only)."""
+        if self._feed is None or self._follower is not None:
+            return
+        self._follower = ChangeFollower(self._feed, self.catch_up, poll_interval_s=poll_interval_s)
+        self._follower.start()
 
     def close(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
         with self._lock:
-            self._store.close()
-            if self._dir_lock is not None:
-                self._dir_lock.release()
+            try:
+                if self._feed is not None:
+                    self._feed.close()
+                self._store.close()
+            finally:
+                if self._dir_lock is not None:
+                    self._dir_lock.release()
 
     def __enter__(self) -> Gallery:
         return self
@@ -169,6 +233,21 @@ class Gallery:
     def change_seq(self) -> int:
         """The store's change sequence: committed write transactions so far."""
         return self._store.change_seq()
+
+    @property
+    def follows_feed(self) -> bool:
+        """Whether this gallery's index follows a shared store's change feed (a FAISS replica)."""
+        return self._feed is not None
+
+    def replication(self) -> ReplicationStatus | None:
+        """This replica's place in the shared store's feed; None for a gallery no one else writes."""
+        if self._feed is None:
+            return None
+        applied = self._applied_seq  # an int read without the lock: a catch-up may hold it a while
+        database_seq = self._store.change_seq()
+        lag_s = self._feed.oldest_unapplied_age_s(applied) if database_seq > applied else 0.0
+        following = self._follower is None or self._follower.failing_since is None
+        return ReplicationStatus(applied, database_seq, max(0, database_seq - applied), lag_s, following)
 
     def sizes(self) -> GallerySizes:
         """Subjects and faces in the store and faces in the index, as one consistent snapshot."""
@@ -206,6 +285,7 @@ class Gallery:
     def add_faces(self, subject_id: str, faces: Sequence[NewFace]) -> list[FaceRecord]:
         """Commit all faces (or none), then make them searchable; returns once both are done."""
         with self._lock:
+            self._refuse_if_repinned()
             records = self._store.add_faces(subject_id, faces)
             if records:
                 self._update_index(
@@ -234,7 +314,18 @@ class Gallery:
             self._rebuild_from_store()
 
     def _update_index(self, change: Callable[[], object]) -> None:
-        """Apply an index change after a commit; on failure rebuild from the store (the rule above)."""
+        """Apply an index change after a commit; on failure rebuild from the store (the rule above).
+
+        With a feed, the change is applied from the feed instead, in order after any other replica's
+        earlier ones. The write is committed either way: if the database went away just after the
+        commit, the follower applies it once the database answers again.
+        """
+        if self._feed is not None:
+            try:
+                self._catch_up_locked(self._feed)
+            except StoreUnavailableError as error:
+                logger.warning("committed, but the index could not follow the feed yet: %s", error)
+            return
         try:
             if self._index_stale:
                 self._rebuild_from_store()
@@ -246,14 +337,86 @@ class Gallery:
 
     def _rebuild_from_store(self) -> None:
         try:
-            ids, vectors = self._store.all_embeddings()
-            self._index.rebuild(ids, vectors)
+            if self._feed is not None:
+                snapshot = self._feed.snapshot()
+                self._index.rebuild(snapshot.ids, snapshot.embeddings)
+                self._applied_seq = snapshot.seq
+            else:
+                ids, vectors = self._store.all_embeddings()
+                self._index.rebuild(ids, vectors)
+        except StoreUnavailableError:
+            self._index_stale = True
+            raise
         except Exception as error:
             self._index_stale = True
             raise IndexUnavailableError(
                 f"could not rebuild the face index from the store: {error}"
             ) from error
         self._index_stale = False
+
+    # ------------------------------------------------------------------ following a shared store
+
+    def catch_up(self) -> int:
+        """Apply every change committed to the shared store since the last one applied here."""
+        with self._lock:
+            if self._feed is not None:
+                self._catch_up_locked(self._feed)
+            return self._applied_seq
+
+    def _catch_up_locked(self, feed: ChangeFeed) -> None:
+        if self._index_stale:
+            self._rebuild_from_store()
+        while True:
+            changes = feed.changes_since(self._applied_seq, CATCH_UP_BATCH)
+            if changes is None:
+                logger.warning(
+                    "change %d is gone from the feed; rebuilding from a snapshot", self._applied_seq
+                )
+                self._rebuild_from_store()
+                continue
+            try:
+                self._apply(changes)
+            except StoreUnavailableError:
+                raise
+            except Exception:
+                logger.exception("applying changes failed; rebuilding the index from a snapshot")
+                self._rebuild_from_store()
+            if len(changes) < CATCH_UP_BATCH:
+                return
+
+    def _apply(self, changes: Sequence[FaceChange]) -> None:
+        for change in changes:
+            if change.seq <= self._applied_seq:
+                continue  # a rebuild meanwhile already covers it
+            if change.reset:
+                self._note_repin()
+                self._rebuild_from_store()  # a snapshot at or past change.seq
+                continue
+            if len(change.removed_ids):
+                self._index.remove(change.removed_ids)
+            if len(change.added_ids):
+                self._index.add(change.added_ids, change.added)
+            self._applied_seq = change.seq
+
+    def _note_repin(self) -> None:
+        pin = self._store.pinned_pack()
+        if pin is not None and pin.pack_id != self._pack_id:
+            logger.error(
+                "the shared gallery was re-embedded with pack %s; this replica runs %s",
+                pin.pack_id,
+                self._pack_id,
+            )
+            self._repinned_to = pin.pack_id
+
+    def _refuse_if_repinned(self) -> None:
+        """A replica whose pack no longer matches the shared gallery must not compare embeddings."""
+        if self._repinned_to is not None:
+            raise PackMismatchError(
+                "the shared gallery",
+                self._repinned_to,
+                self._pack_id,
+                advice="restart this replica with the pack the gallery was re-embedded with",
+            )
 
     # ------------------------------------------------------------------ search
 
@@ -273,6 +436,7 @@ class Gallery:
         # Subjects to gather per query: exact for max; for mean, a wider pool re-scored over all faces.
         wanted = top_k if mode is SubjectScore.MAX else 2 * top_k + 8
         with self._lock:
+            self._refuse_if_repinned()
             if self._index_stale:
                 self._rebuild_from_store()
             hits = self._subject_hits(queries, wanted, floor)
@@ -343,9 +507,29 @@ class Gallery:
         if len(rows) != 1:
             raise EmbeddingSizeError(f"verify takes one embedding, got {len(rows)}")
         query = rows[0]
+        self._refuse_if_repinned()
         stored = self._store.subject_embeddings(subject_id)
         if len(stored) == 0:
             raise EmptySubjectError(f"subject {subject_id!r} has no enrolled faces")
         similarities = stored @ query
         mode = subject_score or self._subject_score
         return float(similarities.max() if mode is SubjectScore.MAX else similarities.mean())
+
+
+def _initial_index(
+    opened: OpenedStore, embedding_size: int, settings: Settings
+) -> tuple[SearchIndex, ChangeFeed | None, int]:
+    """The index to search, the feed it follows (if any) and the change it reflects, at open."""
+    if opened.in_database_search is not None:  # the database searches: nothing to build or follow
+        return opened.in_database_search(embedding_size), None, opened.store.change_seq()
+    options = IndexOptions.from_settings(settings)
+    if opened.feed is not None:
+        started = time.monotonic()
+        snapshot = opened.feed.snapshot()
+        index = FaissIndex.build(embedding_size, snapshot.ids, snapshot.embeddings, options)
+        logger.info(
+            "index built from a snapshot at change %d in %.1f s", snapshot.seq, time.monotonic() - started
+        )
+        return index, opened.feed, snapshot.seq
+    ids, vectors = _searchable_embeddings(opened.store)
+    return FaissIndex.build(embedding_size, ids, vectors, options), None, opened.store.change_seq()

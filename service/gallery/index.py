@@ -26,6 +26,7 @@ MISSING_ID = -1  # an id slot with no hit (fewer than k live vectors)
 class IndexKind(StrEnum):
     FLAT = "flat"  # exact inner product
     HNSW = "hnsw"  # approximate, graph based
+    PGVECTOR = "pgvector"  # searched inside PostgreSQL (pgvector HNSW), see pgvector_index.py
 
 
 @dataclass(frozen=True)

@@ -63,14 +63,18 @@ def reembed_gallery(
     batch_size: int = 64,
     drop_faces_without_crop: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    options: StoreOptions | None = None,
 ) -> ReembedReport:
-    """Re-embed every face of the gallery in ``data_dir`` with ``embedder`` and pin it to its pack.
+    """Re-embed every face of the gallery with ``embedder`` and pin it to its pack.
 
-    The service must be stopped (the gallery's lock file is taken). Faces enrolled without a crop
-    cannot be re-embedded: the call fails, changing nothing, unless ``drop_faces_without_crop``.
+    The gallery is the SQLite file in ``data_dir``, or the shared database ``options`` name. The
+    service must be stopped: SQLite's lock file is taken; replicas of a shared gallery that still run
+    the old pack see the re-embedding in their feed and refuse to compare until restarted on the new
+    one. Faces enrolled without a crop cannot be re-embedded: the call fails, changing nothing,
+    unless ``drop_faces_without_crop``.
     """
     started = time.perf_counter()
-    opened = open_store(Path(data_dir), StoreOptions(), must_exist=True)
+    opened = open_store(Path(data_dir), options or StoreOptions(), must_exist=True)
     store = opened.store
     try:
         old = store.pinned_pack()

@@ -11,25 +11,21 @@ data dir's lock, then opens ``<data_dir>/gallery.sqlite3``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import re
 import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from service.gallery.data_dir_lock import DataDirLock
+from service.gallery.rows import decode_cursor, encode_cursor, stored_metadata, utc_timestamp
 from service.gallery.store import (
     SCHEMA_VERSION,
-    UNREADABLE_METADATA_KEY,
     BadRow,
     EmbeddingSizeError,
     FaceNotFoundError,
@@ -40,7 +36,6 @@ from service.gallery.store import (
     GalleryCounts,
     GalleryError,
     IntArray,
-    InvalidCursorError,
     NewFace,
     OpenedStore,
     PackMismatchError,
@@ -108,29 +103,6 @@ CREATE TABLE IF NOT EXISTS quarantined_faces (
     quality TEXT, created_at TEXT, png BLOB, landmarks TEXT
 )
 """
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-def _encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
-
-
-_CURSOR_TEXT = re.compile(r"s(0|[1-9][0-9]{0,18})")  # what _encode_cursor writes: "s" + a seq
-_MAX_SEQ = 2**63 - 1  # SQLite's INTEGER range: a larger bound overflows the query parameter
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        text = ""
-    match = _CURSOR_TEXT.fullmatch(text)
-    if match is None or int(match.group(1)) > _MAX_SEQ:
-        raise InvalidCursorError(f"invalid pagination cursor {cursor!r}")
-    return int(match.group(1))
 
 
 class SqliteGalleryStore:
@@ -290,7 +262,7 @@ class SqliteGalleryStore:
         """
         if not bad:
             return 0
-        now = _now()
+        now = utc_timestamp()
         with self._transaction() as conn:
             conn.execute(_QUARANTINE_SCHEMA)
             for row in bad:
@@ -367,7 +339,7 @@ class SqliteGalleryStore:
 
     def create_subject(self, name: str, metadata: Mapping[str, Any] | None = None) -> Subject:
         subject_id = str(uuid.uuid4())
-        now = _now()
+        now = utc_timestamp()
         with self._transaction() as conn:
             conn.execute(
                 "INSERT INTO subjects (id, name, metadata, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
@@ -393,14 +365,14 @@ class SqliteGalleryStore:
         """Subjects in creation order; pass ``next_cursor`` back for the next page."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        after = _decode_cursor(cursor) if cursor else 0
+        after = decode_cursor(cursor) if cursor else 0
         with self._lock:
             rows = self._conn.execute(
                 f"SELECT {self._SUBJECT_COLUMNS} FROM subjects s WHERE s.seq > ? ORDER BY s.seq LIMIT ?",
                 (after, limit + 1),
             ).fetchall()
         items = [_subject(row) for row in rows[:limit]]
-        next_cursor = _encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
+        next_cursor = encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
         return SubjectPage(items, next_cursor)
 
     def update_subject(
@@ -415,7 +387,7 @@ class SqliteGalleryStore:
                 (
                     row["name"] if name is None else name,
                     row["metadata"] if metadata is None else json.dumps(dict(metadata)),
-                    _now(),
+                    utc_timestamp(),
                     subject_id,
                 ),
             )
@@ -438,7 +410,7 @@ class SqliteGalleryStore:
         """Add all ``faces`` in one transaction: after an error, none of them is stored."""
         pin = self._require_pin()
         rows = [self._face_row(face, pin) for face in faces]
-        now = _now()
+        now = utc_timestamp()
         records: list[FaceRecord] = []
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM subjects WHERE id = ?", (subject_id,)).fetchone() is None:
@@ -532,7 +504,9 @@ class SqliteGalleryStore:
             if row is None or (subject_id is not None and row["subject_id"] != subject_id):
                 raise FaceNotFoundError(face_id)
             conn.execute("DELETE FROM faces WHERE id = ?", (face_id,))
-            conn.execute("UPDATE subjects SET updated_at = ? WHERE id = ?", (_now(), row["subject_id"]))
+            conn.execute(
+                "UPDATE subjects SET updated_at = ? WHERE id = ?", (utc_timestamp(), row["subject_id"])
+            )
         return FaceRef(face_id, row["index_id"])
 
     def subject_embeddings(self, subject_id: str) -> FloatArray:
@@ -660,20 +634,11 @@ def _subject(row: sqlite3.Row) -> Subject:
     return Subject(
         id=row["id"],
         name=row["name"],
-        metadata=_stored_metadata(row["metadata"]),
+        metadata=stored_metadata(row["metadata"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         face_count=int(row["face_count"]),
     )
-
-
-def _stored_metadata(text: object) -> dict[str, Any]:
-    """The stored metadata object; a row that isn't JSON (hand-edited, older version) must not break reads."""
-    try:
-        value = json.loads(text) if isinstance(text, str | bytes) else text
-    except (ValueError, RecursionError):
-        return {UNREADABLE_METADATA_KEY: "stored metadata is not valid JSON"}
-    return value if isinstance(value, dict) else {UNREADABLE_METADATA_KEY: "stored metadata is not an object"}
 
 
 def _face_record(row: sqlite3.Row) -> FaceRecord:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from service.gallery.index import SearchIndex
 from service.pipeline.types import EmbeddedFace, FloatArray, ImageArray
 
 SCHEMA_VERSION = 1
@@ -90,7 +91,8 @@ class GalleryCorruptError(GalleryError):
 class PackPinMissingError(GalleryError):
     """Faces are stored but the row saying which pack made them is gone: they cannot be re-pinned."""
 
-    def __init__(self, path: Path, faces: int) -> None:
+    # ``path``: the gallery file, or a shared database's URL (password redacted).
+    def __init__(self, path: Path | str, faces: int) -> None:
         super().__init__(
             f"the gallery at {path} holds {faces} faces but its pack pin (the meta row) is missing, so "
             "the pack that made their embeddings is unknown and the service will not guess: restore "
@@ -113,8 +115,9 @@ _FORMER_DEFAULT_PACK_PREFIX = "default-dlib-r34-"
 class PackMismatchError(GalleryError):
     """The gallery's embeddings come from another pack: they are not comparable with this one's."""
 
+    # ``path``: the gallery file, or a shared database's URL (password redacted).
     def __init__(
-        self, path: Path, gallery_pack: str, service_pack: str, detail: str = "", advice: str = ""
+        self, path: Path | str, gallery_pack: str, service_pack: str, detail: str = "", advice: str = ""
     ) -> None:
         former_default = (
             " (the former default dlib pack: `face-export dlib-pack`, then FACE_PACK=dlib)"
@@ -382,6 +385,7 @@ class StoreOptions:
     pool_max_size: int = 8
     timeout_s: float = 3.0  # wait for a connection this long, then StoreUnavailableError
     vector_index: bool = False  # postgresql: keep a pgvector HNSW index on the embeddings
+    ef_search: int = 256  # postgresql with vector_index: pgvector's hnsw.ef_search per query
 
 
 @dataclass(frozen=True)
@@ -389,12 +393,15 @@ class OpenedStore:
     """A backend's store, the lock it took and, for a shared backend, its change feed.
 
     ``feed`` is None for a backend only this process writes (SQLite): the gallery then updates its
-    index inline. ``close`` releases all three.
+    index inline. ``close`` releases the store, the feed and the lock.
     """
 
     store: GalleryStore
     lock: GalleryLock | None
     feed: ChangeFeed | None = None
+    # The backend's own search (pgvector inside PostgreSQL) for a pinned embedding size, when the
+    # options asked for it: the gallery then searches there and keeps no index of its own.
+    in_database_search: Callable[[int], SearchIndex] | None = None
 
     def close(self) -> None:
         try:
@@ -412,7 +419,14 @@ _STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 
 
 def is_storage_full(error: BaseException) -> bool:
-    """Whether ``error`` means the data dir's disk, quota or file-size limit is exhausted."""
+    """Whether ``error`` means the gallery's disk, quota or file-size limit is exhausted.
+
+    The data dir's (SQLite, the OS) or the database server's (PostgreSQL's SQLSTATE 53100, disk_full).
+    """
+    from psycopg.errors import DiskFull  # here, not at the top: SQLite-only callers never load psycopg
+
+    if isinstance(error, DiskFull):
+        return True
     if isinstance(error, sqlite3.Error):
         code = getattr(error, "sqlite_errorcode", None)
         return (code is not None and code & 0xFF == _SQLITE_FULL) or "database or disk is full" in str(error)

@@ -60,6 +60,9 @@ def open_pool(url: str, options: PoolOptions, *, name: str, vectors: bool = Fals
         configure=_register_vector if vectors else None,
         name=name,
         open=False,
+        # psycopg_pool's default keeps retrying a lost server for 5 minutes with doubling pauses; a
+        # short one gives up fast, so the next request after a restart reconnects at once.
+        reconnect_timeout=max(2 * options.timeout_s, 5.0),
     )
     try:
         pool.open(wait=True, timeout=max(options.timeout_s, 5.0))

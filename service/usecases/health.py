@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+from service.gallery.gallery import ReplicationStatus
 from service.usecases.resources import ServiceResources
 from service.usecases.threads import in_worker
 
 # Every check fails before the resources exist (start-up not finished) or after shutdown.
 NOT_LOADED: dict[str, bool] = {"models": False, "gallery": False, "keys": False}
+
+
+@dataclass(frozen=True)
+class Readiness:
+    checks: dict[str, bool] = field(default_factory=lambda: dict(NOT_LOADED))
+    # A replica of a shared gallery: where it stands in the change feed (None otherwise, or unknown).
+    replication: ReplicationStatus | None = None
+
+    @property
+    def ready(self) -> bool:
+        return all(self.checks.values())
 
 
 def _gallery_readable(resources: ServiceResources) -> bool:
@@ -17,16 +31,35 @@ def _gallery_readable(resources: ServiceResources) -> bool:
     return True
 
 
-async def readiness(resources: ServiceResources | None) -> dict[str, bool]:
-    """Each check by name: models loaded, gallery readable, key store readable."""
+def replication_status(resources: ServiceResources) -> ReplicationStatus | None:
+    """The replica's applied change and lag; None without a shared gallery or while it is unreachable."""
+    try:
+        return resources.gallery.replication()
+    except Exception:  # the database is down: the "gallery" check already says not ready
+        return None
+
+
+def _caught_up(resources: ServiceResources, status: ReplicationStatus | None) -> bool:
+    return status is not None and status.following and status.lag_s <= resources.settings.replica_max_lag_s
+
+
+async def readiness(resources: ServiceResources | None) -> Readiness:
+    """Each check by name: models loaded, gallery readable, key store readable, replica caught up."""
     if resources is None:
-        return dict(NOT_LOADED)
-    return {
+        return Readiness()
+    checks = {
         "models": bool(resources.pipeline.providers),
         "gallery": await in_worker(_gallery_readable, resources),
         # A key store gone bad after start would refuse every stored key: not ready.
         "keys": await in_worker(resources.authenticator.store_ready),
     }
+    if not resources.settings.shared_gallery:
+        return Readiness(checks)
+    status = await in_worker(replication_status, resources)
+    # pgvector search has no local index to lag: replication() is None there, and nothing to check.
+    if status is not None or resources.gallery.follows_feed:
+        checks["replica"] = _caught_up(resources, status)
+    return Readiness(checks, status)
 
 
 async def render_metrics(resources: ServiceResources) -> bytes:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from service.gallery.gallery import ReplicationStatus
 from service.gallery.store import GalleryCounts
 from service.packs.manifest import PackManifest
+from service.usecases.health import replication_status
 from service.usecases.resources import ServiceResources
 from service.usecases.threads import in_worker
 from service.usecases.thresholds import ResolvedThreshold
@@ -19,6 +21,8 @@ class ServiceInfo:
     subject_score: str
     gallery: GalleryCounts
     index_kind: str
+    backend: str  # sqlite | postgresql
+    replication: ReplicationStatus | None
     auth_enabled: bool
 
 
@@ -30,5 +34,7 @@ async def service_info(resources: ServiceResources) -> ServiceInfo:
         subject_score=resources.settings.subject_score.value,
         gallery=await in_worker(resources.gallery.counts),
         index_kind=str(resources.gallery.index_kind),
+        backend="postgresql" if resources.settings.shared_gallery else "sqlite",
+        replication=await in_worker(replication_status, resources),
         auth_enabled=resources.authenticator.enabled,
     )

@@ -20,6 +20,8 @@ from service.pipeline.face_pipeline import FacePipeline
 from service.pipeline.pixel_budget import PixelBudget
 from service.pipeline.quality import QualityBars
 from service.pipeline.runtime import RuntimeUnavailableError
+from service.postgres.migrations import SchemaTooNewError
+from service.postgres.pool import DatabaseUnavailableError
 from service.settings import Settings
 from service.usecases.metrics import ServiceMetrics
 from service.usecases.thresholds import ThresholdError, ThresholdPolicy
@@ -31,6 +33,8 @@ STARTUP_ERRORS: tuple[type[Exception], ...] = (
     RuntimeUnavailableError,
     GalleryError,
     KeyStoreCorruptError,
+    DatabaseUnavailableError,
+    SchemaTooNewError,
 )
 
 
@@ -45,6 +49,13 @@ class ServiceResources:
     thresholds: ThresholdPolicy
     quality_bars: QualityBars
     pixel_budget: PixelBudget  # decoded pixels in flight across requests (service.usecases.images)
+
+    def close(self) -> None:
+        """Close what holds files, threads or database connections: the gallery and the key store."""
+        try:
+            self.gallery.close()
+        finally:
+            self.authenticator.close()
 
 
 def build_resources(settings: Settings, metrics: ServiceMetrics | None = None) -> ServiceResources:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,57 +15,94 @@ from pydantic import SecretStr
 from service.auth.authenticator import ENV_KEY_ID, bootstrap_authenticator
 from service.auth.keys import (
     KEYS_DB_FILE,
-    KeyStore,
     KeyStoreCorruptError,
     KeyStoreError,
     Scope,
+    SqliteKeyStore,
     grants,
     parse_scopes,
 )
+from service.auth.postgres_keys import PostgresKeyStore
+from service.postgres.pool import PoolOptions
 from service.settings import Settings
+from tests.auth.key_backends import KeyBackend, key_backend
+from tests.postgres_server import PostgresServer
+
+__all__ = ["key_backend"]  # the fixture: each store-level test runs on SQLite and on PostgreSQL
 
 _PRINTED_KEY = re.compile(r"key:\s+(fsk_\S+)")
 
 
-def test_created_key_authenticates_and_only_its_hash_is_stored(tmp_path: Path) -> None:
-    store = KeyStore.in_data_dir(tmp_path)
+def test_created_key_authenticates_and_only_its_hash_is_stored(key_backend: KeyBackend) -> None:
+    store = key_backend.open()
+    store.ensure_schema()
     created = store.create(frozenset({Scope.READ, Scope.ENROLL}), name="kiosk")
 
     found = store.authenticate(created.key)
     assert found is not None
     assert found.id == created.record.id
     assert found.scopes == {Scope.READ, Scope.ENROLL}
-    raw = (tmp_path / KEYS_DB_FILE).read_bytes()
+    assert found.name == "kiosk"
+    raw = key_backend.stored_bytes()
+    assert created.record.id.encode() in raw  # the search below looks at the stored data
     assert created.key.encode() not in raw
     secret = created.key.split("_", 2)[2]  # the secret itself may contain "_"
     assert secret.encode() not in raw
 
 
-def test_wrong_tampered_or_foreign_keys_are_refused(tmp_path: Path) -> None:
-    store = KeyStore.in_data_dir(tmp_path)
+def test_wrong_tampered_or_foreign_keys_are_refused(key_backend: KeyBackend, tmp_path: Path) -> None:
+    store = key_backend.open()
+    store.ensure_schema()
     created = store.create(frozenset({Scope.READ}))
     tampered = created.key[:-1] + ("A" if created.key[-1] != "A" else "B")
 
     assert store.authenticate(tampered) is None
     assert store.authenticate("not-a-key") is None
     assert store.authenticate("") is None
-    other = KeyStore.in_data_dir(tmp_path / "other").create(frozenset({Scope.READ}))
+    other_store = key_backend.elsewhere(tmp_path / "other").open()
+    other_store.ensure_schema()
+    other = other_store.create(frozenset({Scope.READ}))
     assert store.authenticate(other.key) is None
 
 
-def test_revoked_key_stops_working_for_every_store_instance(tmp_path: Path) -> None:
-    first = KeyStore.in_data_dir(tmp_path)
+def test_revoked_key_stops_working_for_every_store_instance(key_backend: KeyBackend) -> None:
+    first = key_backend.open()
+    first.ensure_schema()
     created = first.create(frozenset({Scope.ADMIN}))
-    second = KeyStore.in_data_dir(tmp_path)  # e.g. the CLI while the server runs
+    second = key_backend.open()  # e.g. the CLI while the server runs, or another replica
     assert second.authenticate(created.key) is not None
+    assert second.get(created.record.id) == created.record
 
     revoked = second.revoke(created.record.id)
 
     assert not revoked.active
     assert first.authenticate(created.key) is None
+    assert first.get(created.record.id) == revoked
+    assert second.revoke(created.record.id) == revoked  # revoking again changes nothing
     assert [key.id for key in first.list(include_revoked=False)] == []
+    assert [key.id for key in first.list()] == [created.record.id]
     with pytest.raises(KeyStoreError, match="no API key"):
         first.revoke("000000000000")
+
+
+def test_create_needs_a_scope_and_lists_in_creation_order(key_backend: KeyBackend) -> None:
+    store = key_backend.open()
+    store.ensure_schema()
+    with pytest.raises(KeyStoreError, match="at least one scope"):
+        store.create(frozenset())
+    made = [store.create(frozenset({scope}), name=scope.value) for scope in Scope]
+    assert store.count() == len(Scope)
+    listed = store.list()
+    # Oldest first (keys made within one second: SQLite's order among them is by id).
+    assert sorted(key.id for key in listed) == sorted(c.record.id for c in made)
+    assert [key.created_at for key in listed] == sorted(c.record.created_at for c in made)
+    assert [key for key in listed if key.id in {c.record.id for c in made}] == [
+        store.get(key.id) for key in listed
+    ]
+    assert {key.name: key.scopes for key in listed} == {scope.value: {scope} for scope in Scope}
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", key.created_at) for key in listed)
+    assert store.get("000000000000") is None
+    assert store.readable()
 
 
 def test_scopes_parse_and_admin_implies_all() -> None:
@@ -79,8 +117,8 @@ def test_scopes_parse_and_admin_implies_all() -> None:
     assert not grants(frozenset({Scope.ENROLL}), Scope.ADMIN)
 
 
-def test_first_start_prints_an_admin_key_once(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, api_key=None)
+def test_first_start_prints_an_admin_key_once(key_backend: KeyBackend) -> None:
+    settings = key_backend.settings(api_key=None)
     out = io.StringIO()
     authenticator = bootstrap_authenticator(settings, out=out)
     match = _PRINTED_KEY.search(out.getvalue())
@@ -93,12 +131,13 @@ def test_first_start_prints_an_admin_key_once(tmp_path: Path) -> None:
     restarted = bootstrap_authenticator(settings, out=again)
     assert again.getvalue() == ""
     assert restarted.authenticate(match.group(1)) is not None
-    with sqlite3.connect(tmp_path / KEYS_DB_FILE) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0] == 1
+    assert key_backend.stored_rows() == 1
+    authenticator.close()
+    restarted.close()
 
 
-def test_explicit_key_is_admin_and_creates_nothing(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, api_key=SecretStr("explicit-test-key-123"))
+def test_explicit_key_is_admin_and_creates_nothing(key_backend: KeyBackend) -> None:
+    settings = key_backend.settings(api_key=SecretStr("explicit-test-key-123"))
     out = io.StringIO()
     authenticator = bootstrap_authenticator(settings, out=out)
 
@@ -109,7 +148,8 @@ def test_explicit_key_is_admin_and_creates_nothing(tmp_path: Path) -> None:
     assert authenticator.authenticate("explicit-test-key-12") is None
     assert authenticator.authenticate(None) is None
     assert out.getvalue() == ""
-    assert KeyStore.in_data_dir(tmp_path).count() == 0
+    assert key_backend.open().count() == 0
+    authenticator.close()
 
 
 def test_auth_disabled_lets_everyone_in_with_a_warning(
@@ -124,7 +164,8 @@ def test_auth_disabled_lets_everyone_in_with_a_warning(
     assert any("DISABLED" in record.message for record in caplog.records)
 
 
-# --- a corrupt or tampered key store (issue 9): start refuses, readiness says so, requests get 401
+# --- a corrupt or tampered key store file (issue 9): start refuses, readiness says so, requests get 401
+# (the PostgreSQL table's damage: tests/auth/test_postgres_keys.py)
 
 
 def _hand_edit(db: Path, *statements: str) -> None:
@@ -174,8 +215,8 @@ KEY_ROW_INTACT = frozenset({"extra-column", "id-not-hex"})
 RECREATED_AT_START = frozenset({"empty-file", "table-dropped"})
 
 
-def _store_with_a_key(data_dir: Path) -> tuple[KeyStore, str]:
-    store = KeyStore.in_data_dir(data_dir)
+def _store_with_a_key(data_dir: Path) -> tuple[SqliteKeyStore, str]:
+    store = SqliteKeyStore.in_data_dir(data_dir)
     return store, store.create(frozenset({Scope.READ}), name="before the damage").key
 
 
@@ -295,3 +336,66 @@ def test_keys_commands_on_a_damaged_store_print_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert err[0].startswith(f"face-service: the API key store {store.path} is unreadable or tampered with")
+
+
+# --- keys in the shared database (FACE_DATABASE_URL): what the API answers while it is down
+
+
+def _stored_admin_key(pg_url: str) -> str:
+    store = PostgresKeyStore.open(pg_url, PoolOptions(timeout_s=1.0))
+    try:
+        return store.create(frozenset({Scope.ADMIN}), name="replica test").key
+    finally:
+        store.close()
+
+
+def _wait_for(check: Callable[[], bool], timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_readiness_fails_while_the_shared_key_database_is_down_and_recovers(
+    pg_url: str, postgres_server: PostgresServer, tmp_path: Path, default_pack_dir: Path
+) -> None:
+    from tests.api.conftest import running_app
+
+    key = _stored_admin_key(pg_url)
+    headers = {"X-API-Key": key}
+    with running_app(tmp_path, default_pack_dir, database_url=SecretStr(pg_url), db_timeout_s=1.0) as client:
+        assert client.get("/v1/keys", headers=headers).status_code == 200  # the key came from the database
+        assert client.get("/readyz").json()["checks"]["keys"] is True
+        postgres_server.stop()
+        try:
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["keys"] is False
+        finally:
+            postgres_server.start()
+        assert _wait_for(lambda: client.get("/readyz").json()["checks"]["keys"] is True)
+        assert client.get("/v1/keys", headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize("with_body", [False, True], ids=["get", "post"])
+def test_requests_get_503_not_401_or_500_while_the_shared_key_database_is_down(
+    with_body: bool, pg_url: str, postgres_server: PostgresServer, tmp_path: Path, default_pack_dir: Path
+) -> None:
+    from tests.api.conftest import running_app
+
+    key = _stored_admin_key(pg_url)
+    headers = {"X-API-Key": key}
+    with running_app(tmp_path, default_pack_dir, database_url=SecretStr(pg_url), db_timeout_s=1.0) as client:
+        postgres_server.stop()
+        try:
+            if with_body:  # the early (pre-body) key check and the route's own
+                answer = client.post("/v1/keys", json={"scopes": ["read"]}, headers=headers)
+            else:
+                answer = client.get("/v1/keys", headers=headers)
+        finally:
+            postgres_server.start()
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["type"].endswith("keys_unavailable")
+        assert "Retry-After" in answer.headers

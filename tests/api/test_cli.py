@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.auth.keys import KeyStore, Scope
+from service.auth.keys import Scope, SqliteKeyStore
 from service.cli import main
 from service.gallery.sqlite_store import SqliteGalleryStore
 from service.packs.loader import load_pack
@@ -35,7 +35,7 @@ def test_keys_create_list_revoke(data_dir: Path, capsys: pytest.CaptureFixture[s
     created = capsys.readouterr().out
     key = _KEY_LINE.search(created)
     assert key is not None
-    record = KeyStore.in_data_dir(data_dir).authenticate(key.group(1))
+    record = SqliteKeyStore.in_data_dir(data_dir).authenticate(key.group(1))
     assert record is not None
     assert record.scopes == {Scope.READ, Scope.ENROLL}
 
@@ -47,7 +47,7 @@ def test_keys_create_list_revoke(data_dir: Path, capsys: pytest.CaptureFixture[s
 
     assert main(["keys", "revoke", record.id]) == 0
     capsys.readouterr()
-    assert KeyStore.in_data_dir(data_dir).authenticate(key.group(1)) is None
+    assert SqliteKeyStore.in_data_dir(data_dir).authenticate(key.group(1)) is None
     assert main(["keys", "list"]) == 0
     assert record.id not in capsys.readouterr().out  # revoked keys only with --all
     assert main(["keys", "list", "--all"]) == 0
@@ -60,7 +60,7 @@ def test_keys_create_refuses_names_the_api_refuses(
 ) -> None:
     assert main(["keys", "create", "--scopes", "read", "--name", name]) == 1
     assert "--name:" in capsys.readouterr().err
-    assert KeyStore.in_data_dir(data_dir).list() == []  # nothing was created
+    assert SqliteKeyStore.in_data_dir(data_dir).list() == []  # nothing was created
 
 
 def test_keys_errors_exit_1(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -36,7 +36,7 @@ from service.api.input_limits import (
     MAX_METADATA_KEYS,
     MAX_NAME_CHARS,
 )
-from service.auth.keys import KeyStore
+from service.auth.keys import SqliteKeyStore
 from service.gallery.sqlite_store import GALLERY_FILE, SqliteGalleryStore
 from service.gallery.store import UNREADABLE_METADATA_KEY
 from service.usecases.verify import cosine
@@ -489,7 +489,7 @@ def test_key_names_that_are_not_valid_text_still_list(
     with running_app(tmp_path, default_pack_dir) as client:
         created = client.post("/v1/keys", json={"name": "kiosk", "scopes": ["read"]}, headers=admin_headers())
         assert created.status_code == 201, created.text
-        conn = sqlite3.connect(KeyStore.in_data_dir(tmp_path).path)
+        conn = sqlite3.connect(SqliteKeyStore.in_data_dir(tmp_path).path)
         with conn:
             conn.execute(
                 f"UPDATE api_keys SET name = CAST({raw_name} AS TEXT) WHERE id = ?", (created.json()["id"],)

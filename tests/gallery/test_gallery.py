@@ -27,13 +27,18 @@ DIM = 64
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _settings(index_hnsw_min_size: int = 10**6) -> Settings:
-    return Settings(index_hnsw_min_size=index_hnsw_min_size, faiss_gpu=False)
+def _settings(url: str | None = None, index_hnsw_min_size: int = 10**6) -> Settings:
+    return Settings(
+        index_hnsw_min_size=index_hnsw_min_size,
+        faiss_gpu=False,
+        database_url=url,
+        feed_poll_interval_s=0.2,
+    )
 
 
 @pytest.fixture
-def gallery(tmp_path: Path) -> Iterator[Gallery]:
-    opened = Gallery.open(tmp_path / "data", "pack-a", DIM, _settings())
+def gallery(tmp_path: Path, database_url: str | None) -> Iterator[Gallery]:
+    opened = Gallery.open(tmp_path / "data", "pack-a", DIM, _settings(database_url))
     yield opened
     opened.close()
 
@@ -111,26 +116,26 @@ def test_embeddings_of_the_wrong_shape_are_refused(gallery: Gallery) -> None:
         gallery.verify_against_subject(unit_vectors(1, DIM, 62)[0], "missing")
 
 
-def test_reopen_rebuilds_the_index_from_sqlite(tmp_path: Path) -> None:
+def test_reopen_rebuilds_the_index_from_the_store(tmp_path: Path, database_url: str | None) -> None:
     vectors = unit_vectors(12, DIM, 30)
-    with Gallery.open(tmp_path, "pack-a", DIM, _settings()) as first:
+    with Gallery.open(tmp_path, "pack-a", DIM, _settings(database_url)) as first:
         ids = [_enroll(first, f"s{i}", [v]) for i, v in enumerate(vectors)]
         assert first.index_kind is IndexKind.FLAT
-    with Gallery.open(tmp_path, "pack-a", DIM, _settings(index_hnsw_min_size=10)) as second:
+    with Gallery.open(tmp_path, "pack-a", DIM, _settings(database_url, index_hnsw_min_size=10)) as second:
         assert second.index_kind is IndexKind.HNSW
         assert second.index_size == 12
         assert [row[0].subject_id for row in second.identify(vectors, top_k=1)] == ids
     with pytest.raises(PackMismatchError, match="reembed"):
-        Gallery.open(tmp_path, "pack-b", DIM, _settings())
+        Gallery.open(tmp_path, "pack-b", DIM, _settings(database_url))
 
 
-def test_one_process_at_a_time(tmp_path: Path) -> None:
+def test_one_process_at_a_time_on_a_sqlite_gallery(tmp_path: Path) -> None:
     with Gallery.open(tmp_path, "pack-a", DIM, _settings()), pytest.raises(GalleryLockedError):
         Gallery.open(tmp_path, "pack-a", DIM, _settings())
     Gallery.open(tmp_path, "pack-a", DIM, _settings()).close()  # released on close
 
 
-def test_an_index_failure_after_commit_is_repaired_from_sqlite(gallery: Gallery, monkeypatch) -> None:
+def test_an_index_failure_after_commit_is_repaired_from_the_store(gallery: Gallery, monkeypatch) -> None:
     vectors = unit_vectors(3, DIM, 40)
     first = _enroll(gallery, "first", vectors[:1])
     calls = []
@@ -149,9 +154,10 @@ def test_an_index_failure_after_commit_is_repaired_from_sqlite(gallery: Gallery,
 
 @pytest.mark.parametrize("hnsw_min_size", [10**6, 1], ids=["flat", "hnsw"])
 def test_concurrent_writers_and_readers_see_every_acknowledged_face(
-    tmp_path: Path, hnsw_min_size: int
+    tmp_path: Path, hnsw_min_size: int, database_url: str | None
 ) -> None:
-    gallery = Gallery.open(tmp_path, "pack-a", DIM, _settings(index_hnsw_min_size=hnsw_min_size))
+    settings = _settings(database_url, index_hnsw_min_size=hnsw_min_size)
+    gallery = Gallery.open(tmp_path, "pack-a", DIM, settings)
     vectors = unit_vectors(120, DIM, 50)
     acknowledged: list[tuple[int, str]] = []  # (vector row, subject id), appended after add returns
     deleting: list[str] = []
@@ -224,12 +230,16 @@ CRASH_CHILD = textwrap.dedent(
 )
 
 
-def _crash_once(data_dir: Path, acknowledgements: int, first_seed: int = 0) -> None:
+def _crash_once(data_dir: Path, url: str | None, acknowledgements: int, first_seed: int = 0) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "FACE_DATABASE_URL"}
+    if url is not None:
+        env["FACE_DATABASE_URL"] = url
     child = subprocess.Popen(
         [sys.executable, "-c", CRASH_CHILD, str(data_dir), str(first_seed)],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         text=True,
+        env=env,
     )
     acked: list[tuple[int, str, list[str]]] = []
     assert child.stdout is not None
@@ -244,7 +254,7 @@ def _crash_once(data_dir: Path, acknowledgements: int, first_seed: int = 0) -> N
     child.wait()
     assert len(acked) >= acknowledgements, "the child died before acknowledging enough faces"
 
-    with Gallery.open(data_dir, "pack-a", 64, _settings()) as reopened:
+    with Gallery.open(data_dir, "pack-a", 64, _settings(url)) as reopened:
         assert reopened.index_size == reopened.counts().faces
         for _, subject, faces in acked:
             assert [f.id for f in reopened.list_faces(subject)] == faces
@@ -255,13 +265,67 @@ def _crash_once(data_dir: Path, acknowledgements: int, first_seed: int = 0) -> N
         assert [row[0].subject_id for row in found] == [subject for _, subject, _ in acked]
 
 
-def test_acknowledged_faces_survive_sigkill(tmp_path: Path) -> None:
-    _crash_once(tmp_path, acknowledgements=30)
+def test_acknowledged_faces_survive_sigkill(tmp_path: Path, database_url: str | None) -> None:
+    _crash_once(tmp_path, database_url, acknowledgements=30)
 
 
 @pytest.mark.heavy
-def test_acknowledged_faces_survive_repeated_sigkills(tmp_path: Path) -> None:
+def test_acknowledged_faces_survive_repeated_sigkills(tmp_path: Path, database_url: str | None) -> None:
     if os.environ.get("FACE_HEAVY") != "1":
         pytest.skip("set FACE_HEAVY=1 (make test-heavy) for the 20-crash run")
     for run in range(20):
-        _crash_once(tmp_path, acknowledgements=random.randint(5, 60), first_seed=run * 1_000_000)
+        _crash_once(
+            tmp_path, database_url, acknowledgements=random.randint(5, 60), first_seed=run * 1_000_000
+        )
+
+
+def test_two_replicas_share_one_postgresql_gallery(tmp_path: Path, pg_url: str) -> None:
+    """Enroll, delete and rename on one replica; the other sees each change (feed or store)."""
+    settings = _settings(pg_url)
+    first = Gallery.open(tmp_path / "a", "pack-a", DIM, settings)
+    second = Gallery.open(tmp_path / "b", "pack-a", DIM, settings)  # no data-dir lock: replicas share
+    try:
+        vectors = unit_vectors(2, DIM, 70)
+        alice = _enroll(first, "alice", vectors[:1])
+        _wait_for(lambda: second.index_size == 1)  # the follower applied it (NOTIFY, or the poll)
+        found = second.identify(vectors[:1], top_k=1)[0]
+        assert [c.subject_id for c in found] == [alice]
+        status = second.replication()
+        assert status is not None
+        assert status.lag_changes == 0
+        assert status.applied_seq == first.change_seq()
+
+        first.update_subject(alice, name="alice b.")
+        assert second.identify(vectors[:1], top_k=1)[0][0].name == "alice b."  # names come from the store
+
+        bob = _enroll(second, "bob", vectors[1:])
+        assert second.identify(vectors[1:], top_k=1)[0][0].subject_id == bob  # read-your-writes
+        first.delete_subject(alice)
+        assert second.identify(vectors[:1], top_k=1, threshold=0.9)[0] == []  # at once: owners are gone
+        _wait_for(lambda: second.index_size == 1 and first.index_size == 1)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_replica_started_late_catches_up_from_a_snapshot(tmp_path: Path, pg_url: str) -> None:
+    settings = _settings(pg_url)
+    with Gallery.open(tmp_path / "a", "pack-a", DIM, settings) as first:
+        vectors = unit_vectors(30, DIM, 80)
+        subjects = [_enroll(first, f"s{i}", vectors[i : i + 1]) for i in range(30)]
+        first.delete_subject(subjects[0])
+        with Gallery.open(tmp_path / "b", "pack-a", DIM, settings) as late:
+            assert late.index_size == 29
+            status = late.replication()
+            assert status is not None
+            assert status.applied_seq == first.change_seq()
+            found = late.identify(vectors[1:], top_k=1)
+            assert [row[0].subject_id for row in found] == subjects[1:]
+
+
+def _wait_for(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("the other replica did not catch up in time")
+        time.sleep(0.02)

@@ -14,10 +14,10 @@ ENROLLED_PER_PERSON = 3
 
 
 def test_identify_enrolled_people_from_their_other_photos(
-    tmp_path: Path, default_pipeline, johns: dict[str, list[np.ndarray]]
+    tmp_path: Path, default_pipeline, johns: dict[str, list[np.ndarray]], database_url: str | None
 ) -> None:
     pipeline = default_pipeline
-    settings = Settings(faiss_gpu=False)
+    settings = Settings(faiss_gpu=False, database_url=database_url)
     subjects: dict[str, str] = {}
     with Gallery.open(tmp_path, pipeline.pack_id, pipeline.embedding_size, settings) as gallery:
         for name, images in johns.items():

@@ -1,32 +1,138 @@
-"""SqliteGalleryStore: round trips, pagination, cascades, all-or-nothing adds, pinning, durability."""
+"""The gallery store on every backend: round trips, pagination, cascades, all-or-nothing adds, pinning.
+
+The ``store`` fixture runs each test on SQLite and on PostgreSQL (a real server, see
+tests/postgres_server.py); the SQLite file's own settings (durability, schema-version row) are tested
+on SQLite alone.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Protocol
 
 import numpy as np
+import psycopg
 import pytest
 
+from service.gallery.postgres_store import open_postgres_store
 from service.gallery.sqlite_store import SqliteGalleryStore
 from service.gallery.store import (
     EmbeddingSizeError,
     FaceNotFoundError,
+    GalleryStore,
     InvalidCursorError,
     NewFace,
     PackMismatchError,
     SchemaVersionError,
     StoredCrop,
+    StoreOptions,
     SubjectNotFoundError,
 )
 from tests.gallery.conftest import unit_vectors
 
 DIM = 16
+BACKENDS = ("sqlite", "postgresql")
+
+
+class Backend(Protocol):
+    """One backend's storage for a test: opens stores on it and reaches it with raw SQL of its own."""
+
+    name: ClassVar[str]
+    write_error: ClassVar[type[Exception]]  # what a statement failing inside a write transaction raises
+
+    def open(self) -> GalleryStore:
+        """A new store on the same storage (a reopen, or another replica)."""
+        ...
+
+    def count_rows(self, table: str) -> int: ...
+
+    def failing_face_inserts(self, once_faces: int = 0) -> AbstractContextManager[None]:
+        """Inserts into faces abort ('disk on fire') once the table holds ``once_faces`` rows."""
+        ...
+
+
+@dataclass
+class SqliteBackend:
+    path: Path
+    name: ClassVar[str] = "sqlite"
+    write_error: ClassVar[type[Exception]] = sqlite3.IntegrityError
+
+    def open(self) -> GalleryStore:
+        return SqliteGalleryStore(self.path)
+
+    def count_rows(self, table: str) -> int:
+        with sqlite3.connect(self.path) as conn:
+            return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    @contextmanager
+    def failing_face_inserts(self, once_faces: int = 0) -> Iterator[None]:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.execute(
+            "CREATE TRIGGER fail_insert BEFORE INSERT ON faces "
+            f"WHEN (SELECT COUNT(*) FROM faces) >= {once_faces} "
+            "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+        )
+        try:
+            yield
+        finally:
+            conn.execute("DROP TRIGGER fail_insert")
+            conn.close()
+
+
+@dataclass
+class PostgresBackend:
+    url: str
+    name: ClassVar[str] = "postgresql"
+    write_error: ClassVar[type[Exception]] = psycopg.errors.RaiseException
+
+    def open(self) -> GalleryStore:
+        options = StoreOptions(backend="postgresql", database_url=self.url, pool_max_size=4)
+        return open_postgres_store(Path("unused"), options).store
+
+    def count_rows(self, table: str) -> int:
+        with psycopg.connect(self.url) as conn:
+            return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # type: ignore[index]
+
+    @contextmanager
+    def failing_face_inserts(self, once_faces: int = 0) -> Iterator[None]:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(
+                "CREATE FUNCTION fail_insert() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF (SELECT COUNT(*) FROM faces) >= {once_faces} THEN "
+                "RAISE EXCEPTION 'disk on fire'; END IF; RETURN NEW; END $$"
+            )
+            conn.execute(
+                "CREATE TRIGGER fail_insert BEFORE INSERT ON faces "
+                "FOR EACH ROW EXECUTE FUNCTION fail_insert()"
+            )
+            try:
+                yield
+            finally:
+                conn.execute("DROP TRIGGER fail_insert ON faces")
+                conn.execute("DROP FUNCTION fail_insert()")
+
+
+@pytest.fixture(params=BACKENDS, ids=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return SqliteBackend(tmp_path / "gallery.sqlite3")
+    return PostgresBackend(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteGalleryStore]:
+def store(backend: Backend) -> Iterator[GalleryStore]:
+    opened = backend.open()
+    opened.pin("pack-a", DIM)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SqliteGalleryStore]:
     opened = SqliteGalleryStore(tmp_path / "gallery.sqlite3")
     opened.pin("pack-a", DIM)
     yield opened
@@ -45,17 +151,17 @@ def _faces(count: int, seed: int = 0, *, crops: bool = False) -> list[NewFace]:
     return faces
 
 
-def test_durability_settings(store: SqliteGalleryStore) -> None:
-    conn = sqlite3.connect(store.path)
+def test_durability_settings(sqlite_store: SqliteGalleryStore) -> None:
+    conn = sqlite3.connect(sqlite_store.path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent, in the file
     conn.close()
-    own = store._conn  # per-connection settings of the store's own connection
+    own = sqlite_store._conn  # per-connection settings of the store's own connection
     assert own.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert own.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert own.execute("PRAGMA busy_timeout").fetchone()[0] > 0
 
 
-def test_subject_and_face_round_trip(store: SqliteGalleryStore) -> None:
+def test_subject_and_face_round_trip(store: GalleryStore) -> None:
     subject = store.create_subject("Ada", {"team": "engines", "level": 3})
     assert store.get_subject(subject.id) == subject
     faces = _faces(3, crops=True)
@@ -79,7 +185,7 @@ def test_subject_and_face_round_trip(store: SqliteGalleryStore) -> None:
     np.testing.assert_array_equal(store.subject_embeddings(subject.id), matrix)
 
 
-def test_update_subject(store: SqliteGalleryStore) -> None:
+def test_update_subject(store: GalleryStore) -> None:
     subject = store.create_subject("Bob", {"a": 1})
     renamed = store.update_subject(subject.id, name="Robert")
     assert renamed.name == "Robert"
@@ -90,7 +196,7 @@ def test_update_subject(store: SqliteGalleryStore) -> None:
         store.update_subject("no-such-id", name="x")
 
 
-def test_pagination_is_stable_and_complete(store: SqliteGalleryStore) -> None:
+def test_pagination_is_stable_and_complete(store: GalleryStore) -> None:
     created = [store.create_subject(f"s{i}").id for i in range(7)]
     seen: list[str] = []
     page = store.list_subjects(limit=3)
@@ -106,7 +212,7 @@ def test_pagination_is_stable_and_complete(store: SqliteGalleryStore) -> None:
         store.list_subjects("not a cursor!")
 
 
-def test_deleting_a_subject_cascades_to_faces_and_crops(store: SqliteGalleryStore) -> None:
+def test_deleting_a_subject_cascades_to_faces_and_crops(store: GalleryStore, backend: Backend) -> None:
     keep, drop = store.create_subject("keep"), store.create_subject("drop")
     kept = store.add_faces(keep.id, _faces(2, seed=1, crops=True))
     dropped = store.add_faces(drop.id, _faces(3, seed=2, crops=True))
@@ -115,14 +221,14 @@ def test_deleting_a_subject_cascades_to_faces_and_crops(store: SqliteGalleryStor
     assert store.counts().subjects == 1
     assert store.counts().faces == 2
     assert store.all_embeddings()[0].tolist() == [r.index_id for r in kept]
-    assert store._conn.execute("SELECT COUNT(*) FROM face_crops").fetchone()[0] == 2
+    assert backend.count_rows("face_crops") == 2
     with pytest.raises(SubjectNotFoundError):
         store.get_subject(drop.id)
     with pytest.raises(FaceNotFoundError):
         store.get_face(dropped[0].id)
 
 
-def test_delete_face_checks_its_subject(store: SqliteGalleryStore) -> None:
+def test_delete_face_checks_its_subject(store: GalleryStore) -> None:
     a, b = store.create_subject("a"), store.create_subject("b")
     record = store.add_faces(a.id, _faces(1))[0]
     with pytest.raises(FaceNotFoundError):
@@ -131,7 +237,7 @@ def test_delete_face_checks_its_subject(store: SqliteGalleryStore) -> None:
     assert store.counts().faces == 0
 
 
-def test_index_ids_are_never_reused(store: SqliteGalleryStore) -> None:
+def test_index_ids_are_never_reused(store: GalleryStore) -> None:
     subject = store.create_subject("s")
     first = store.add_faces(subject.id, _faces(2))
     store.delete_face(first[1].id)
@@ -139,7 +245,7 @@ def test_index_ids_are_never_reused(store: SqliteGalleryStore) -> None:
     assert again[0].index_id > first[1].index_id
 
 
-def test_an_invalid_face_fails_the_whole_batch(store: SqliteGalleryStore) -> None:
+def test_an_invalid_face_fails_the_whole_batch(store: GalleryStore) -> None:
     subject = store.create_subject("s")
     faces = _faces(3)
     faces.append(NewFace(np.ones(DIM + 1, dtype=np.float32), det_score=0.9))
@@ -148,32 +254,26 @@ def test_an_invalid_face_fails_the_whole_batch(store: SqliteGalleryStore) -> Non
     assert store.counts().faces == 0
 
 
-def test_a_failure_inside_the_transaction_leaves_nothing(store: SqliteGalleryStore) -> None:
+def test_a_failure_inside_the_transaction_leaves_nothing(store: GalleryStore, backend: Backend) -> None:
     subject = store.create_subject("s")
-    # A real SQLite abort on the third insert, after two rows were already written in the transaction.
-    store._conn.execute(
-        "CREATE TRIGGER fail_third BEFORE INSERT ON faces WHEN (SELECT COUNT(*) FROM faces) = 2 "
-        "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
-    )
-    with pytest.raises(sqlite3.IntegrityError, match="disk on fire"):
+    # A real database abort on the third insert, after two rows were already written in the transaction.
+    with backend.failing_face_inserts(once_faces=2), pytest.raises(backend.write_error, match="disk on fire"):
         store.add_faces(subject.id, _faces(4, crops=True))
     assert store.counts().faces == 0
-    assert store._conn.execute("SELECT COUNT(*) FROM face_crops").fetchone()[0] == 0
-    store._conn.execute("DROP TRIGGER fail_third")
+    assert backend.count_rows("face_crops") == 0
     assert len(store.add_faces(subject.id, _faces(4))) == 4  # the store is usable afterwards
 
 
-def test_adding_to_a_missing_subject_fails(store: SqliteGalleryStore) -> None:
+def test_adding_to_a_missing_subject_fails(store: GalleryStore) -> None:
     with pytest.raises(SubjectNotFoundError):
         store.add_faces("missing", _faces(1))
 
 
-def test_pack_pinning(tmp_path: Path) -> None:
-    path = tmp_path / "g.sqlite3"
-    first = SqliteGalleryStore(path)
+def test_pack_pinning(backend: Backend) -> None:
+    first = backend.open()
     first.pin("pack-a", DIM)
     first.close()
-    reopened = SqliteGalleryStore(path)
+    reopened = backend.open()
     assert reopened.pin("pack-a", DIM).pack_id == "pack-a"
     with pytest.raises(PackMismatchError) as mismatch:
         reopened.pin("pack-b", DIM)
@@ -196,9 +296,8 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         SqliteGalleryStore(path)
 
 
-def test_the_change_sequence_counts_committed_writes_and_survives_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "gallery.sqlite3"
-    store = SqliteGalleryStore(path)
+def test_the_change_sequence_counts_committed_writes_and_survives_reopening(backend: Backend) -> None:
+    store = backend.open()
     assert store.change_seq() == 0
     store.pin("pack-a", DIM)
     subject = store.create_subject("s")
@@ -213,18 +312,14 @@ def test_the_change_sequence_counts_committed_writes_and_survives_reopening(tmp_
     assert store.change_seq() == 5  # reads change nothing
 
     # A write that fails (here inside its transaction) rolls its sequence step back with it.
-    store._conn.execute(
-        "CREATE TRIGGER fail_any BEFORE INSERT ON faces BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
-    )
-    with pytest.raises(sqlite3.IntegrityError, match="disk on fire"):
+    with backend.failing_face_inserts(), pytest.raises(backend.write_error, match="disk on fire"):
         store.add_faces(subject.id, _faces(2))
     with pytest.raises(SubjectNotFoundError):
         store.add_faces("missing", _faces(1))
     assert store.change_seq() == 5
-    store._conn.execute("DROP TRIGGER fail_any")
     store.close()
 
-    reopened = SqliteGalleryStore(path)
+    reopened = backend.open()
     assert reopened.change_seq() == 5
     reopened.delete_subject(subject.id)
     assert reopened.change_seq() == 6

@@ -38,7 +38,7 @@ from benchmarks.local_server import LocalServer
 from service.api.errors import PROBLEM_MEDIA_TYPE
 from service.auth import keys as keys_module
 from service.auth.authenticator import Authenticator
-from service.auth.keys import KeyStore, Scope, hash_key
+from service.auth.keys import Scope, SqliteKeyStore, hash_key
 from service.packs.files import PackError
 from service.packs.loader import resolve_pack_dir
 from service.settings import Settings
@@ -169,7 +169,7 @@ def test_keys_are_stored_hashed(tmp_path: Path, default_pack_dir: Path) -> None:
         created = client.post("/v1/keys", json={"scopes": ["read"], "name": "kiosk"}, headers=admin_headers())
         key = created.json()["key"]
         assert client.get("/v1/info", headers={"X-API-Key": key}).status_code == 200
-        from_cli = KeyStore.in_data_dir(data_dir).create(frozenset({Scope.ENROLL}), name="cli").key
+        from_cli = SqliteKeyStore.in_data_dir(data_dir).create(frozenset({Scope.ENROLL}), name="cli").key
         stored = _all_bytes(data_dir)  # while the server runs: WAL and shm files included
     stored += _all_bytes(data_dir)
     for secret in (key, from_cli, ADMIN_KEY):
@@ -183,7 +183,7 @@ def test_keys_are_stored_hashed(tmp_path: Path, default_pack_dir: Path) -> None:
 
 
 def test_key_checks_compare_fixed_length_hashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = KeyStore(tmp_path / "keys.sqlite3")
+    store = SqliteKeyStore(tmp_path / "keys.sqlite3")
     stored_key = store.create(frozenset({Scope.READ})).key
     explicit = "explicit-admin-key-" + "k" * 40
     authenticator = Authenticator(store, explicit_key_sha256=hash_key(explicit), enabled=True)
@@ -221,7 +221,7 @@ def _median_batch_seconds(
 
 
 def test_key_check_timing_does_not_depend_on_the_matched_prefix(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path / "keys.sqlite3")
+    store = SqliteKeyStore(tmp_path / "keys.sqlite3")
     stored_key = store.create(frozenset({Scope.READ})).key
     # Not in the stored keys' format, so that no flip below makes it look up the store.
     explicit = "explicit-admin-" + "s" * 48
