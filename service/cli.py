@@ -52,6 +52,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
+    from service.gallery.backends import store_options
     from service.gallery.reembed import reembed_gallery
     from service.gallery.store import GalleryError
     from service.packs.files import PackError
@@ -74,6 +75,7 @@ def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
             batch_size=args.batch_size,
             drop_faces_without_crop=args.drop_faces_without_crop,
             progress=progress,
+            options=store_options(settings),
         )
     except (PackError, RuntimeUnavailableError, GalleryError) as exc:
         return _fail(f"reembed failed, gallery unchanged: {exc}")
@@ -87,10 +89,45 @@ def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _check_shared_gallery(args: argparse.Namespace, settings: Settings) -> int:
+    """``check`` on a PostgreSQL gallery: the pin and every face row (PostgreSQL guards its own pages)."""
+    from service.gallery.backends import open_store, store_options
+    from service.gallery.store import GalleryError
+
+    if args.repair:
+        return _fail(
+            "check --repair works on the embedded SQLite file; a PostgreSQL gallery is repaired with "
+            "PostgreSQL's own tools (restore from a backup), so nothing was changed"
+        )
+    try:
+        opened = open_store(settings.data_dir, store_options(settings), must_exist=True)
+    except GalleryError as exc:
+        return _fail(f"check failed: {exc}")
+    try:
+        problem = opened.store.quick_check()
+        bad = opened.store.bad_rows()
+        counts = opened.store.counts()
+    except GalleryError as exc:
+        return _fail(f"check failed: {exc}")
+    finally:
+        opened.close()
+    for row in bad:
+        print(f"face #{row.index_id}: {row.reason}")
+    if problem is not None:
+        print(f"integrity: {problem}")
+    if problem is None and not bad:
+        print(f"shared gallery: ok ({counts.subjects} subjects, {counts.faces} faces)")
+        return 0
+    return 1
+
+
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     """Report what keeps the gallery from opening; ``--repair`` moves it aside (deleting nothing)."""
     from service.gallery.repair import CheckReport, check_gallery, repair_gallery
     from service.gallery.store import GalleryError
+
+    if settings.shared_gallery:
+        return _check_shared_gallery(args, settings)
 
     def describe(report: CheckReport) -> None:
         if not report.exists:

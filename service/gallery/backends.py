@@ -45,6 +45,8 @@ def store_options(settings: Settings) -> StoreOptions:
         pool_max_size=settings.db_pool_max_size,
         timeout_s=settings.db_timeout_s,
         vector_index=settings.search is SearchBackend.PGVECTOR,
+        hnsw_m=settings.hnsw_m,
+        hnsw_ef_construction=settings.hnsw_ef_construction,
         ef_search=settings.hnsw_ef_search,
     )
 

@@ -812,7 +812,13 @@ def open_postgres_store(data_dir: Path, options: StoreOptions, *, must_exist: bo
             name="face-gallery",
             vectors=True,
         )
-    store = PostgresGalleryStore(pool, url, vector_index=options.vector_index)
+    store = PostgresGalleryStore(
+        pool,
+        url,
+        vector_index=options.vector_index,
+        hnsw_m=options.hnsw_m,
+        hnsw_ef_construction=options.hnsw_ef_construction,
+    )
     try:
         if must_exist and store.pinned_pack() is None:
             raise GalleryError(f"the gallery at {store.url} has no pack pin yet: nothing was ever enrolled")

@@ -385,7 +385,11 @@ class StoreOptions:
     pool_max_size: int = 8
     timeout_s: float = 3.0  # wait for a connection this long, then StoreUnavailableError
     vector_index: bool = False  # postgresql: keep a pgvector HNSW index on the embeddings
-    ef_search: int = 256  # postgresql with vector_index: pgvector's hnsw.ef_search per query
+    # postgresql with vector_index: the pgvector HNSW graph, as FAISS's (FACE_HNSW_*): at 1M faces
+    # m=16/ef_construction=64 reached recall@1 0.982 only, m=32/80 0.998 at 100k (docs/scaling.md)
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    ef_search: int = 256  # pgvector's hnsw.ef_search per query
 
 
 @dataclass(frozen=True)

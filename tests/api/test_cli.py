@@ -201,3 +201,34 @@ def test_serve_prints_a_bootstrap_admin_key_once(tmp_path: Path, default_pack_di
     finally:
         again = _stop(second)
     assert _KEY_LINE.search(again) is None
+
+
+def test_check_and_reembed_on_a_shared_postgresql_gallery(
+    data_dir: Path,
+    default_pack_dir: Path,
+    pg_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from service.gallery.backends import open_store, store_options
+    from service.settings import Settings
+
+    monkeypatch.setenv("FACE_DATABASE_URL", pg_url)
+    monkeypatch.setenv("FACE_MODELS_DIR", str(default_pack_dir.parent))
+    monkeypatch.setenv("FACE_PACK", default_pack_dir.name)
+    monkeypatch.setenv("FACE_INTRA_OP_THREADS", "1")
+    assert main(["check"]) == 1  # an empty database holds no gallery yet
+    assert "no gallery" in capsys.readouterr().err
+
+    manifest = load_pack(default_pack_dir).manifest
+    opened = open_store(data_dir, store_options(Settings()))
+    opened.store.pin(manifest.id, manifest.embedder.embedding_size)
+    opened.store.create_subject("someone")
+    opened.close()
+    assert main(["check"]) == 0
+    assert "shared gallery: ok (1 subjects, 0 faces)" in capsys.readouterr().out
+    assert main(["check", "--repair"]) == 1
+    assert "nothing was changed" in capsys.readouterr().err
+    assert main(["reembed"]) == 0  # reads the database, not the (empty) data dir
+    assert "nothing to do" in capsys.readouterr().out
+    assert not (data_dir / "gallery.sqlite3").exists()

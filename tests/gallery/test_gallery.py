@@ -20,25 +20,33 @@ from service.gallery.data_dir_lock import GalleryLockedError
 from service.gallery.gallery import EmptySubjectError, Gallery
 from service.gallery.index import IndexKind
 from service.gallery.store import EmbeddingSizeError, NewFace, PackMismatchError, SubjectNotFoundError
-from service.settings import Settings, SubjectScore
+from service.settings import SearchBackend, Settings, SubjectScore
 from tests.gallery.conftest import unit_vectors
 
 DIM = 64
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _settings(url: str | None = None, index_hnsw_min_size: int = 10**6) -> Settings:
+def _settings(
+    url: str | None = None, index_hnsw_min_size: int = 10**6, search: SearchBackend = SearchBackend.FAISS
+) -> Settings:
     return Settings(
         index_hnsw_min_size=index_hnsw_min_size,
         faiss_gpu=False,
         database_url=url,
+        search=search,
         feed_poll_interval_s=0.2,
     )
 
 
-@pytest.fixture
-def gallery(tmp_path: Path, database_url: str | None) -> Iterator[Gallery]:
-    opened = Gallery.open(tmp_path / "data", "pack-a", DIM, _settings(database_url))
+# The gallery's semantics hold whoever searches: FAISS over SQLite, FAISS fed by PostgreSQL's change
+# feed, and pgvector inside PostgreSQL (FACE_SEARCH=pgvector).
+@pytest.fixture(params=["sqlite", "postgresql", "pgvector"])
+def gallery(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Gallery]:
+    url = None if request.param == "sqlite" else str(request.getfixturevalue("pg_url"))
+    search = SearchBackend.PGVECTOR if request.param == "pgvector" else SearchBackend.FAISS
+    opened = Gallery.open(tmp_path / "data", "pack-a", DIM, _settings(url, search=search))
+    assert (opened.index_kind is IndexKind.PGVECTOR) == (request.param == "pgvector")
     yield opened
     opened.close()
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from service.gallery.backends import store_options
 from service.gallery.data_dir_lock import GalleryLockedError
 from service.gallery.gallery import Gallery
 from service.gallery.reembed import reembed_gallery
@@ -186,3 +188,44 @@ def test_reembed_migrates_a_dlib_gallery_to_the_sface_default(
         queries = np.stack([default_pipeline.analyze_sync(image)[0].embedding for _, image in probes])
         for (name, _), candidates in zip(probes, gallery.identify(queries, top_k=1), strict=True):
             assert candidates[0].name == name
+
+
+def test_reembed_of_a_shared_gallery_stops_replicas_still_on_the_old_pack(
+    tmp_path: Path,
+    default_pipeline: FacePipeline,
+    other_pipeline: FacePipeline,
+    johns: dict[str, list[np.ndarray]],
+    pg_url: str,
+) -> None:
+    """PostgreSQL: re-embedding while a replica runs the old pack; the replica must refuse, not mix."""
+    shared = Settings(faiss_gpu=False, database_url=pg_url, feed_poll_interval_s=0.2)
+    few = {name: johns[name] for name in list(johns)[:2]}
+    old = Gallery.open(tmp_path / "a", default_pipeline.pack_id, default_pipeline.embedding_size, shared)
+    try:
+        subjects = {}
+        for name, images in few.items():
+            (embedded,) = default_pipeline.analyze_sync(images[0])
+            crop = StoredCrop(*default_pipeline.storage_crop(images[0], embedded.face))
+            subjects[name] = old.create_subject(name).id
+            old.add_faces(subjects[name], [NewFace.from_embedded(embedded, crop)])
+
+        report = reembed_gallery(
+            tmp_path / "offline", other_pipeline, options=store_options(shared), batch_size=1
+        )
+        assert report.reembedded == len(few)
+
+        probe = default_pipeline.analyze_sync(few[next(iter(few))][5])[0].embedding
+        deadline = time.monotonic() + 10
+        while old.catch_up() < old.change_seq():  # the follower reads the re-embedding from the feed
+            assert time.monotonic() < deadline, "the old replica did not follow the feed"
+            time.sleep(0.1)
+        with pytest.raises(PackMismatchError) as refused:
+            old.identify(probe, top_k=1)
+        assert refused.value.gallery_pack == other_pipeline.pack_id
+    finally:
+        old.close()
+
+    with Gallery.open(tmp_path / "b", other_pipeline.pack_id, other_pipeline.embedding_size, shared) as new:
+        for name, images in few.items():
+            query = other_pipeline.analyze_sync(images[5])[0].embedding
+            assert new.identify(query, top_k=1)[0][0].subject_id == subjects[name]

@@ -502,6 +502,9 @@ def test_postgres_restart_under_load(
         "during_outage": len(outage),
         "outage_statuses": sorted({(answer.status, answer.code) for answer in outage}),
         "slowest_answer_s": round(max(answer.elapsed_s for answer in answers), 2),
+        "readyz_while_down": [
+            (status, round(elapsed, 2), body.get("checks")) for status, elapsed, body in outage_readyz
+        ],
         "recovery_s": round(recovery_s, 2),
         "after_recovery": len(after),
         "acknowledged_faces": len(work.traffic.ledger.acknowledged),
