@@ -132,7 +132,12 @@ class Cluster:
             env=replica_env(self.database_url, self.plan),
             log_path=self.work_dir / f"{name}.log",
         )
-        replica.start(ready_timeout_s)
+        try:
+            replica.start(ready_timeout_s)
+        except RuntimeError as error:  # its log lives in a temporary directory: show the end now
+            raise RuntimeError(
+                f"{error}\n--- end of {replica.log_path.name}:\n{replica.log_text()[-6000:]}"
+            ) from None
         self.replicas.append(replica)
         return replica
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.postgres_server import pg_url, postgres_server
+from tests.postgres_server import database_url, module_database_url, pg_url, postgres_server
 
-__all__ = ["pg_url", "postgres_server"]  # fixtures for every test module (a real PostgreSQL)
+# Fixtures for every test module: a real PostgreSQL, and the backend parametrization over it.
+__all__ = ["database_url", "module_database_url", "pg_url", "postgres_server"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_FACES = REPO_ROOT.parent / "shared" / "data" / "faces"

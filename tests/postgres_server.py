@@ -95,3 +95,26 @@ def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
     name = postgres_server.create_database()
     yield postgres_server.url_for(name)
     postgres_server.drop_database(name)
+
+
+# Tests that take ``database_url`` run on both gallery backends: the embedded SQLite file in the data
+# dir (None) and the shared PostgreSQL database (a fresh one per test).
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """None: the SQLite gallery in the data dir; else a fresh PostgreSQL database's URL."""
+    return str(request.getfixturevalue("pg_url")) if request.param == "postgresql" else None
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """``database_url`` for a module-scoped fixture: one database for the module's tests."""
+    if request.param == "sqlite":
+        yield None
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    name = server.create_database()
+    yield server.url_for(name)
+    server.drop_database(name)

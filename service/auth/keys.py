@@ -16,13 +16,14 @@ and readiness, never a 500.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import logging
 import re
 import secrets
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -165,6 +166,59 @@ class CreatedKey:
     key: str  # the plaintext key: give it to the user once, then forget it
 
 
+@dataclass(frozen=True)
+class StoredKey:
+    """A key's public record and its stored hash: all a key store keeps, so a copy works as the original."""
+
+    record: ApiKey
+    key_sha256: str
+
+
+def _stored_time(text: str, key_id: str, what: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise KeyStoreError(f"key {key_id} has a malformed {what} {text[:40]!r}") from None
+    if value.tzinfo is None:  # this service writes UTC with its offset; a bare time is another's row
+        raise KeyStoreError(f"key {key_id} has a {what} without a time zone ({text[:40]!r})")
+    return value
+
+
+def check_importable(key: StoredKey) -> tuple[datetime, datetime | None]:
+    """Raise KeyStoreError unless ``key`` is one this service could have written; its (created, revoked).
+
+    ``import_keys`` checks every key before it writes any, so a bad key is refused as such and never
+    lands as a row that would make the store look tampered with.
+    """
+    record = key.record
+    if not _KEY_ID_HEX.fullmatch(record.id):
+        raise KeyStoreError(f"a key to import has a malformed id {record.id[:40]!r}")
+    if not _SHA256_HEX.fullmatch(key.key_sha256):
+        raise KeyStoreError(f"key {record.id} to import has a malformed hash")
+    if not record.scopes:
+        raise KeyStoreError(f"key {record.id} to import has no scopes")
+    created = _stored_time(record.created_at, record.id, "created_at")
+    revoked = None if record.revoked_at is None else _stored_time(record.revoked_at, record.id, "revoked_at")
+    return created, revoked
+
+
+def refuse_clashes(keys: Sequence[StoredKey], stored_ids: Iterable[str], location: str) -> None:
+    """KeyStoreError naming the ids in ``keys`` already stored (or repeated among them): an import of
+    keys over others would leave two keys behind one id, so none of them is imported."""
+    seen = set(stored_ids)
+    clashes: list[str] = []
+    for key in keys:
+        if key.record.id in seen:
+            clashes.append(key.record.id)
+        seen.add(key.record.id)
+    if clashes:
+        more = f" and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+        raise KeyStoreError(
+            f"the keys to import clash with keys in {location} (ids {', '.join(clashes[:3])}{more}); "
+            "nothing was imported"
+        )
+
+
 def _scopes_text(scopes: frozenset[Scope]) -> str:
     return ",".join(sorted(scope.value for scope in scopes))
 
@@ -227,6 +281,20 @@ class KeyStore(Protocol):
 
     def authenticate(self, presented: str) -> ApiKey | None:
         """The active key record matching ``presented``, or None for an unknown, revoked or bad key."""
+        ...
+
+    def export_keys(self) -> builtins.list[StoredKey]:  # builtins: `list` here is the method
+        """Every key with its hash, revoked ones too, in creation order; only reads (for copying a store).
+
+        Every row is checked: a malformed one raises KeyStoreCorruptError instead of being copied.
+        """
+        ...
+
+    def import_keys(self, keys: Sequence[StoredKey]) -> None:
+        """Store ``keys`` as they are (ids, hashes, times, revocations), all in one transaction.
+
+        KeyStoreError, and nothing written, when a key is malformed or its id is already stored.
+        """
         ...
 
     def close(self) -> None: ...
@@ -388,6 +456,45 @@ class SqliteKeyStore:
             logger.warning("key %s refused: the key store %s could not be read: %s", key_id, self.path, error)
             return None
         return record if key_matches(presented, row["key_sha256"]) else None
+
+    def export_keys(self) -> builtins.list[StoredKey]:  # builtins: `list` here is the method
+        """Every key with its hash, in creation order (none when the file was never made); read-only."""
+        if not self.path.exists():
+            return []
+        try:
+            with self._read() as conn:
+                rows = conn.execute("SELECT * FROM api_keys ORDER BY created_at, id").fetchall()
+        except sqlite3.Error as error:  # no table, a damaged page: not a store to copy from
+            raise KeyStoreCorruptError.in_file(self.path, str(error)) from None
+        return [StoredKey(self._checked(row), row["key_sha256"]) for row in rows]
+
+    def import_keys(self, keys: Sequence[StoredKey]) -> None:
+        """Store ``keys`` as they are in one transaction; an id already stored refuses them all."""
+        for key in keys:
+            check_importable(key)
+        rows = [
+            (
+                key.record.id,
+                key.record.name,
+                _scopes_text(key.record.scopes),
+                key.key_sha256,
+                key.record.created_at,
+                key.record.revoked_at,
+            )
+            for key in keys
+        ]
+        if not rows:
+            return
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")  # the ids read here stay the stored ones until the commit
+            refuse_clashes(
+                keys, (str(row[0]) for row in conn.execute("SELECT id FROM api_keys")), str(self.path)
+            )
+            conn.executemany(
+                "INSERT INTO api_keys (id, name, scopes, key_sha256, created_at, revoked_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
 
     def close(self) -> None:
         """Nothing to release: every operation opens and closes its own connection."""

@@ -12,9 +12,10 @@ only through ``redact_url``.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -29,11 +30,14 @@ from service.auth.keys import (
     KeyStoreError,
     KeyStoreUnavailableError,
     Scope,
+    StoredKey,
+    check_importable,
     generate_key,
     hash_key,
     key_id_of,
     key_matches,
     parse_scopes,
+    refuse_clashes,
 )
 from service.postgres.migrations import Migration, apply_migrations
 from service.postgres.pool import (
@@ -232,6 +236,45 @@ class PostgresKeyStore:
             )
             return None
         return record if key_matches(presented, str(row["key_sha256"])) else None
+
+    def export_keys(self) -> builtins.list[StoredKey]:  # builtins: `list` here is the method
+        """Every key with its hash, revoked ones too, in creation order; only reads."""
+        with self._transaction() as cursor:
+            rows = cursor.execute(f"{_SELECT} ORDER BY created_at, id").fetchall()
+        return [StoredKey(self._checked(row), str(row["key_sha256"])) for row in rows]
+
+    def import_keys(self, keys: Sequence[StoredKey]) -> None:
+        """Store ``keys`` as they are (ids, hashes, times) in one transaction; a clash refuses them all.
+
+        Every key is checked first: the table's constraints would refuse a malformed one too, but as
+        a damaged store, not as the bad input it is.
+        """
+        rows = [
+            (
+                key.record.id,
+                key.record.name,
+                sorted(scope.value for scope in key.record.scopes),
+                key.key_sha256,
+                *check_importable(key),
+            )
+            for key in keys
+        ]
+        if not rows:
+            return
+        where = f"the database at {self.location}"
+        with self._transaction() as cursor:
+            refuse_clashes(keys, (str(row["id"]) for row in cursor.execute("SELECT id FROM api_keys")), where)
+            try:
+                cursor.executemany(
+                    "INSERT INTO api_keys (id, name, scopes, key_sha256, created_at, revoked_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    rows,
+                )
+            except psycopg.errors.UniqueViolation as error:  # a key made meanwhile by another replica
+                detail = error.diag.message_detail or "an id taken meanwhile"
+                raise KeyStoreError(
+                    f"the keys to import clash with keys in {where} ({detail}); nothing was imported"
+                ) from None
 
     def close(self) -> None:
         self._pool.close()

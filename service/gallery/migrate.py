@@ -32,7 +32,7 @@ import numpy as np
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from service.auth.keys import ApiKey, KeyStoreError, SqliteKeyStore
+from service.auth.keys import KeyStoreError, SqliteKeyStore, StoredKey
 from service.auth.postgres_keys import PostgresKeyStore
 from service.gallery.data_dir_lock import GalleryLockedError
 from service.gallery.postgres_store import ImportedFace, PostgresGalleryStore, open_postgres_store
@@ -236,102 +236,16 @@ def compare(source: GalleryFingerprint, target: GalleryFingerprint) -> list[str]
     return found
 
 
-# ---------------------------------------------------------------------- index ids never reused
-
-
-def _sqlite_last_index_id(gallery_file: Path) -> int:
-    """The largest index id the source ever gave out, deleted faces included (AUTOINCREMENT's record).
-
-    Read-only, beside the store's own connection: SqliteGalleryStore does not expose it.
-    """
-    uri = f"{gallery_file.resolve().as_uri()}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10.0)) as conn:
-        given = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'faces'").fetchone()
-        present = conn.execute("SELECT MAX(index_id) FROM faces").fetchone()
-    return max(int(given[0]) if given else 0, int(present[0] or 0) if present else 0)
-
-
-_FACES_ID_SEQUENCE = "pg_get_serial_sequence('faces', 'index_id')::regclass"
-
-
-def _postgres_last_index_id(url: str, timeout_s: float) -> int:
-    with _connect(url, timeout_s) as conn:
-        row = conn.execute(f"SELECT coalesce(pg_sequence_last_value({_FACES_ID_SEQUENCE}), 0)").fetchone()
-    value = row[0] if row else 0
-    return value if isinstance(value, int) else 0
-
-
-def _reserve_index_ids(url: str, last_used: int, timeout_s: float) -> None:
-    """Move the target's index-id sequence past ``last_used``: ids of faces deleted before the move stay
-    unused (``import_batch`` only moves it past the ids it copied)."""
-    if last_used < 1:
-        return
-    with _connect(url, timeout_s) as conn, conn.transaction():
-        conn.execute(
-            "SELECT setval(s, GREATEST(coalesce(pg_sequence_last_value(s), 0), %s)) "
-            f"FROM (SELECT {_FACES_ID_SEQUENCE} AS s) AS q",
-            (last_used,),
-        )
-
-
 # ---------------------------------------------------------------------- API keys
 
 
-@dataclass(frozen=True)
-class StoredKey:
-    """A key's public record and its stored hash: all a key store keeps, so a copy works as the original."""
-
-    record: ApiKey
-    key_sha256: str
-
-
-def _sqlite_keys(data_dir: Path) -> list[StoredKey]:
+def _source_keys(data_dir: Path) -> list[StoredKey]:
     """The data dir's keys with their hashes (none when the key file was never made); read-only."""
     store = SqliteKeyStore.in_data_dir(data_dir)
     if not store.path.exists():
         return []
     store.check()  # a damaged or tampered file is refused (KeyStoreCorruptError), not copied
-    records = {record.id: record for record in store.list(include_revoked=True)}
-    # SqliteKeyStore has no read of hashes: this one query reads them (read-only, as its own reads).
-    uri = f"{store.path.resolve().as_uri()}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10.0)) as conn:
-        hashes = {str(row[0]): str(row[1]) for row in conn.execute("SELECT id, key_sha256 FROM api_keys")}
-    return [StoredKey(records[key_id], hashes[key_id]) for key_id in records]
-
-
-def _postgres_keys(store: PostgresKeyStore, url: str, timeout_s: float) -> list[StoredKey]:
-    """The target's keys with their hashes (records through the store, hashes by one query)."""
-    records = store.list(include_revoked=True)
-    with _connect(url, timeout_s) as conn:
-        hashes = {str(row[0]): str(row[1]) for row in conn.execute("SELECT id, key_sha256 FROM api_keys")}
-    return [StoredKey(record, hashes.get(record.id, "")) for record in records]
-
-
-def _insert_keys(url: str, keys: Sequence[StoredKey], timeout_s: float) -> None:
-    """Copy ``keys`` as they are (ids, hashes, times) in one transaction.
-
-    PostgresKeyStore can only make new keys; this writes its table (made by its migrations, run by
-    ``PostgresKeyStore.open``) directly until it has an import of existing hashes.
-    """
-    if not keys:
-        return
-    rows = [
-        (
-            key.record.id,
-            key.record.name,
-            sorted(scope.value for scope in key.record.scopes),
-            key.key_sha256,
-            key.record.created_at,
-            key.record.revoked_at,
-        )
-        for key in keys
-    ]
-    with _connect(url, timeout_s) as conn, conn.transaction(), conn.cursor() as cursor:
-        cursor.executemany(
-            "INSERT INTO api_keys (id, name, scopes, key_sha256, created_at, revoked_at) "
-            "VALUES (%s, %s, %s, %s, %s::timestamptz, %s::timestamptz)",
-            rows,
-        )
+    return store.export_keys()
 
 
 def compare_keys(source: Sequence[StoredKey], target: Sequence[StoredKey]) -> list[str]:
@@ -402,12 +316,6 @@ def hide_password(text: str, url: str) -> str:
     except psycopg.ProgrammingError:  # not a parseable URL: the pattern redaction is what there is
         password = None
     return hidden.replace(str(password), "***") if password else hidden
-
-
-@contextlib.contextmanager
-def _connect(url: str, timeout_s: float) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    with psycopg.connect(url, connect_timeout=max(1, round(timeout_s))) as conn:
-        yield conn
 
 
 # What a failed step raises: turned into one MigrationError with the password hidden.
@@ -536,8 +444,7 @@ class _Sides:
 
     data_dir: Path
     url: str
-    timeout_s: float
-    source: GalleryStore
+    source: SqliteGalleryStore
     target: PostgresGalleryStore
     target_keys: PostgresKeyStore
     pin: PackPin
@@ -548,8 +455,11 @@ def _open_sides(stack: contextlib.ExitStack, data_dir: Path, url: str, timeout_s
     """Open and check both sides (closed by ``stack``); nothing is written yet, only the target's schema."""
     opened_source = _open_source(data_dir)
     stack.callback(opened_source.close)
-    pin = _checked_source(opened_source.store, data_dir)
-    source_keys = _sqlite_keys(data_dir)
+    source = opened_source.store
+    if not isinstance(source, SqliteGalleryStore):
+        raise MigrationError(f"the sqlite backend opened a {type(source).__name__}, not a gallery file store")
+    pin = _checked_source(source, data_dir)
+    source_keys = _source_keys(data_dir)
     options = StoreOptions(
         backend="postgresql", database_url=url, pool_min_size=1, pool_max_size=2, timeout_s=timeout_s
     )
@@ -561,7 +471,7 @@ def _open_sides(stack: contextlib.ExitStack, data_dir: Path, url: str, timeout_s
     target_keys = PostgresKeyStore.open(url, PoolOptions(1, 2, timeout_s))
     stack.callback(target_keys.close)
     _checked_target(target, target_keys, pin)
-    return _Sides(data_dir, url, timeout_s, opened_source.store, target, target_keys, pin, source_keys)
+    return _Sides(data_dir, url, source, target, target_keys, pin, source_keys)
 
 
 def _copy(sides: _Sides, batch_size: int, progress: Progress | None) -> int:
@@ -569,9 +479,9 @@ def _copy(sides: _Sides, batch_size: int, progress: Progress | None) -> int:
     sides.target.pin(sides.pin.pack_id, sides.pin.embedding_size)
     copier = _BatchCopier(sides.target, batch_size, sides.source.counts().faces, progress)
     _copy_gallery(sides.source, copier, batch_size)
-    last_index_id = _sqlite_last_index_id(sides.data_dir / GALLERY_FILE)
-    _reserve_index_ids(sides.url, last_index_id, sides.timeout_s)
-    _insert_keys(sides.url, sides.source_keys, sides.timeout_s)
+    last_index_id = sides.source.last_index_id()  # deleted faces' ids too: never to be handed out again
+    sides.target.reserve_index_ids(last_index_id)
+    sides.target_keys.import_keys(sides.source_keys)
     return last_index_id
 
 
@@ -579,15 +489,14 @@ def _verify(sides: _Sides, last_index_id: int, batch_size: int, started: float) 
     """Read both sides back and compare everything (see the module docstring)."""
     source_print = fingerprint(sides.source, batch_size)
     target_print = fingerprint(sides.target, batch_size)
-    target_keys = _postgres_keys(sides.target_keys, sides.url, sides.timeout_s)
+    target_keys = sides.target_keys.export_keys()
     differences = compare(source_print, target_print) + compare_keys(sides.source_keys, target_keys)
-    target_last = _postgres_last_index_id(sides.url, sides.timeout_s)
+    target_last = sides.target.last_index_id()
     if target_last < last_index_id:
         differences.append(
             f"index ids: the source gave out ids up to {last_index_id}, the target's sequence is at "
             f"{target_last} (ids of deleted faces would be reused)"
         )
-    source = sides.source
     return MigrationReport(
         source=sides.data_dir / GALLERY_FILE,
         target=hide_password(sides.url, sides.url),
@@ -597,7 +506,7 @@ def _verify(sides: _Sides, last_index_id: int, batch_size: int, started: float) 
         source_keys=len(sides.source_keys),
         target_keys=len(target_keys),
         differences=tuple(differences),
-        quarantined_left=source.quarantined_count() if isinstance(source, SqliteGalleryStore) else 0,
+        quarantined_left=sides.source.quarantined_count(),
         seconds=time.perf_counter() - started,
     )
 

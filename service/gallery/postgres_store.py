@@ -575,7 +575,8 @@ class PostgresGalleryStore:
         """Copy rows from another gallery as they are (ids, index ids, timestamps), in one transaction.
 
         Logged as one change adding the faces. The index-id sequence then moves past the largest
-        imported id, so faces enrolled later never collide with imported ones.
+        imported id, so faces enrolled later never collide with imported ones. Ids the source gave out
+        to faces it deleted are not reserved here (they are in no batch): ``reserve_index_ids`` does.
         """
         pin = self._require_pin()
         rows = [_imported_row(face, pin) for face in faces]  # validated before the transaction
@@ -589,6 +590,34 @@ class PostgresGalleryStore:
                 f"the import clashes with rows already in the gallery at {self._url} "
                 f"({error.diag.message_detail or error}); nothing was changed"
             ) from None
+
+    _FACES_ID_SEQUENCE = "pg_get_serial_sequence('faces', 'index_id')::regclass"
+
+    def last_index_id(self) -> int:
+        """The largest index id the faces' sequence gave out or was moved past (0 for none): every face
+        added later gets a larger one."""
+        with self._reading() as conn:
+            return int(
+                _scalar(conn, f"SELECT coalesce(pg_sequence_last_value({self._FACES_ID_SEQUENCE}), 0)")
+            )
+
+    def reserve_index_ids(self, last_used: int) -> None:
+        """Move the index-id sequence past ``last_used``, never back: faces added later get larger ids.
+
+        For a copy of another gallery, whose deleted faces' ids must not be handed out again. A write
+        like any other (the sequence bump, one logged change adding and removing nothing, so replicas
+        only move on); none when the sequence is past ``last_used`` already (it only ever rises).
+        setval is not undone by a rollback: a failed call may still have reserved the ids, which is
+        harmless (ids are never reused, gaps are normal).
+        """
+        if last_used <= self.last_index_id():
+            return
+        with self._write() as (conn, _):
+            conn.execute(
+                "SELECT setval(s, GREATEST(coalesce(pg_sequence_last_value(s), 0), %s)) "
+                f"FROM (SELECT {self._FACES_ID_SEQUENCE} AS s) AS q",
+                (last_used,),
+            )
 
 
 class PostgresEmbeddingWriter:

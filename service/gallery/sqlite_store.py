@@ -553,6 +553,17 @@ class SqliteGalleryStore:
             faces = self._conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
         return GalleryCounts(int(subjects), int(faces))
 
+    def last_index_id(self) -> int:
+        """The largest index id this gallery ever gave out, deleted faces' too (0 for none).
+
+        AUTOINCREMENT keeps it in ``sqlite_sequence``; a copy of the gallery elsewhere must not hand
+        those ids out again (``face-service migrate`` reserves them in the target).
+        """
+        with self._lock:
+            given = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'faces'").fetchone()
+            present = self._conn.execute("SELECT MAX(index_id) FROM faces").fetchone()[0]
+        return max(int(given[0]) if given is not None else 0, int(present or 0))
+
     # ------------------------------------------------------------------ re-embedding
 
     def iter_crops(self, batch_size: int = 256) -> Iterator[list[tuple[int, StoredCrop]]]:

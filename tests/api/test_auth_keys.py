@@ -7,6 +7,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,14 @@ from pydantic import SecretStr
 from service.auth.authenticator import ENV_KEY_ID, bootstrap_authenticator
 from service.auth.keys import (
     KEYS_DB_FILE,
+    ApiKey,
     KeyStoreCorruptError,
     KeyStoreError,
     Scope,
     SqliteKeyStore,
+    StoredKey,
     grants,
+    hash_key,
     parse_scopes,
 )
 from service.auth.postgres_keys import PostgresKeyStore
@@ -103,6 +107,100 @@ def test_create_needs_a_scope_and_lists_in_creation_order(key_backend: KeyBacken
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", key.created_at) for key in listed)
     assert store.get("000000000000") is None
     assert store.readable()
+
+
+def _exported_elsewhere(key_id: str, created_at: str, revoked_at: str | None = None) -> tuple[StoredKey, str]:
+    """A key as another store would export it (fixed times, which a copy keeps), and its plaintext."""
+    key = f"fsk_{key_id}_copied-secret-{key_id}"
+    record = ApiKey(key_id, f"copied {key_id}", frozenset({Scope.READ}), created_at, revoked_at)
+    return StoredKey(record, hash_key(key)), key
+
+
+def test_exported_keys_import_into_another_store_and_work_there(
+    key_backend: KeyBackend, tmp_path: Path
+) -> None:
+    store = key_backend.open()
+    assert store.export_keys() == []
+    if key_backend.database_url is None:
+        assert not (key_backend.data_dir / KEYS_DB_FILE).exists()  # exporting made no file
+    store.ensure_schema()
+    active = store.create(frozenset({Scope.READ, Scope.ENROLL}), name="kiosk")
+    revoked = store.create(frozenset({Scope.ADMIN}), name="old admin")
+    store.revoke(revoked.record.id)
+
+    exported = store.export_keys()
+
+    assert [key.record for key in exported] == store.list()  # creation order, revoked ones too
+    assert {key.record.id: key.key_sha256 for key in exported} == {
+        active.record.id: hash_key(active.key),
+        revoked.record.id: hash_key(revoked.key),
+    }
+    copy = key_backend.elsewhere(tmp_path / "copy").open()
+    copy.ensure_schema()
+    copy.import_keys(exported)
+    # Sorted by id: a PostgreSQL source orders keys made within one second by their sub-second times.
+    assert sorted(copy.export_keys(), key=lambda key: key.record.id) == sorted(
+        exported, key=lambda key: key.record.id
+    )
+    assert copy.authenticate(active.key) == store.get(active.record.id)
+    assert copy.authenticate(revoked.key) is None
+    assert copy.readable()
+    assert store.export_keys() == exported  # exporting changed nothing
+
+
+def test_imported_keys_keep_their_times_and_revocations(key_backend: KeyBackend) -> None:
+    store = key_backend.open()
+    store.ensure_schema()
+    later, later_key = _exported_elsewhere("00000000000a", "2024-05-06T07:08:09+00:00")
+    older, older_key = _exported_elsewhere(
+        "00000000000b", "2024-04-01T00:00:00+00:00", revoked_at="2024-06-01T12:30:00+00:00"
+    )
+
+    store.import_keys([later, older])
+
+    assert store.export_keys() == [older, later]  # creation order, every field as it was
+    assert store.authenticate(later_key) == later.record
+    assert store.authenticate(older_key) is None  # revoked before the copy: revoked after it
+    assert store.count() == 2
+
+
+def test_an_import_that_clashes_or_is_malformed_writes_nothing(key_backend: KeyBackend) -> None:
+    store = key_backend.open()
+    store.ensure_schema()
+    existing = store.create(frozenset({Scope.READ}), name="here first")
+    before = store.export_keys()
+    fresh, fresh_key = _exported_elsewhere("0123456789ab", "2024-05-06T07:08:09+00:00")
+    refused = {
+        f"clash with keys in .*{existing.record.id}": [
+            fresh,
+            StoredKey(replace(fresh.record, id=existing.record.id), fresh.key_sha256),
+        ],
+        "clash with keys in .*0123456789ab": [fresh, fresh],
+        "malformed hash": [fresh, StoredKey(replace(fresh.record, id="0123456789ac"), "not-a-sha256")],
+        "malformed id": [fresh, StoredKey(replace(fresh.record, id="KEY"), fresh.key_sha256)],
+        "no scopes": [
+            fresh,
+            StoredKey(replace(fresh.record, id="0123456789ac", scopes=frozenset()), "a" * 64),
+        ],
+        "without a time zone": [
+            fresh,
+            StoredKey(replace(fresh.record, id="0123456789ac", created_at="2024-05-06T07:08:09"), "a" * 64),
+        ],
+        "malformed revoked_at": [
+            fresh,
+            StoredKey(replace(fresh.record, id="0123456789ac", revoked_at="yesterday"), "a" * 64),
+        ],
+    }
+    for why, keys in refused.items():
+        with pytest.raises(KeyStoreError, match=why) as raised:
+            store.import_keys(keys)
+        assert not isinstance(raised.value, KeyStoreCorruptError), why  # bad input, not a damaged store
+        assert store.export_keys() == before, why
+        assert store.authenticate(fresh_key) is None, why
+    assert store.readable()
+
+    store.import_keys([fresh])  # the same key alone goes in
+    assert store.authenticate(fresh_key) == fresh.record
 
 
 def test_scopes_parse_and_admin_implies_all() -> None:
@@ -336,6 +434,15 @@ def test_keys_commands_on_a_damaged_store_print_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert err[0].startswith(f"face-service: the API key store {store.path} is unreadable or tampered with")
+
+
+# An extra column: every row still reads (``check``, which migrate runs first, refuses the file).
+@pytest.mark.parametrize("kind", sorted(set(KEY_STORE_DAMAGE) - {"extra-column"}))
+def test_a_damaged_key_store_is_not_exported(kind: str, tmp_path: Path) -> None:
+    store, _ = _store_with_a_key(tmp_path)
+    KEY_STORE_DAMAGE[kind](store.path)
+    with pytest.raises(KeyStoreCorruptError, match=re.escape(str(store.path))):
+        store.export_keys()
 
 
 # --- keys in the shared database (FACE_DATABASE_URL): what the API answers while it is down

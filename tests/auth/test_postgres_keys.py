@@ -21,7 +21,16 @@ import pytest
 from pydantic import SecretStr
 
 from service.auth.authenticator import Authenticator, bootstrap_authenticator
-from service.auth.keys import KEYS_DB_FILE, KeyStoreCorruptError, KeyStoreUnavailableError, Scope, hash_key
+from service.auth.keys import (
+    KEYS_DB_FILE,
+    ApiKey,
+    KeyStoreCorruptError,
+    KeyStoreError,
+    KeyStoreUnavailableError,
+    Scope,
+    StoredKey,
+    hash_key,
+)
 from service.auth.postgres_keys import PostgresKeyStore
 from service.cli import main
 from service.postgres.migrations import SchemaTooNewError
@@ -315,6 +324,49 @@ def test_a_damaged_table_fails_the_check_and_the_start_and_never_raises_on_authe
     settings = Settings(data_dir=tmp_path, database_url=SecretStr(pg_url))
     with pytest.raises(KeyStoreCorruptError, match="face-service keys create --scopes admin"):
         bootstrap_authenticator(settings, out=io.StringIO())
+
+
+# An extra column: every row still reads (``check``, which migrate runs first, refuses the table).
+@pytest.mark.parametrize("kind", sorted(set(TABLE_DAMAGE) - {"extra-column"}))
+def test_a_damaged_table_is_not_exported(kind: str, pg_url: str) -> None:
+    store = PostgresKeyStore.open(pg_url, FAST)
+    try:
+        store.create(frozenset({Scope.READ}))
+        _damage(pg_url, *TABLE_DAMAGE[kind])
+        with pytest.raises(KeyStoreCorruptError, match="table api_keys"):
+            store.export_keys()
+    finally:
+        store.close()
+
+
+def test_an_import_racing_a_key_made_meanwhile_is_refused_whole(pg_url: str) -> None:
+    """A key stored between the import's clash check and its insert (a trigger plays the other replica)."""
+    copied = [
+        StoredKey(
+            ApiKey(key_id, "copied", frozenset({Scope.READ}), "2024-05-06T07:08:09+00:00"),
+            hash_key(f"fsk_{key_id}_secret"),
+        )
+        for key_id in ("00000000000a", "00000000000b")
+    ]
+    store = PostgresKeyStore.open(pg_url, FAST)
+    try:
+        _damage(
+            pg_url,
+            "CREATE FUNCTION make_key_meanwhile() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "INSERT INTO api_keys (id, name, scopes, key_sha256) "
+            f"VALUES ('00000000000b', 'meanwhile', ARRAY['read'], '{'c' * 64}'); RETURN NULL; END $$",
+            "CREATE TRIGGER make_key_meanwhile BEFORE INSERT ON api_keys FOR EACH STATEMENT "
+            "WHEN (pg_trigger_depth() < 1) EXECUTE FUNCTION make_key_meanwhile()",
+        )
+        with pytest.raises(
+            KeyStoreError,
+            match=r"clash with keys in .*\(id\)=\(00000000000b\) already exists.*nothing was imported",
+        ) as raised:
+            store.import_keys(copied)
+        assert not isinstance(raised.value, KeyStoreCorruptError)
+        assert store.export_keys() == []  # neither copied key, nor the trigger's (the same transaction)
+    finally:
+        store.close()
 
 
 def test_a_database_migrated_by_a_newer_build_is_refused(pg_url: str) -> None:

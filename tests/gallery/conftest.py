@@ -8,16 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# Gallery tests that take ``database_url`` run on both backends: the embedded SQLite file and the
-# shared PostgreSQL database (a fresh one per test, from tests/postgres_server.py).
-BACKENDS = ["sqlite", "postgresql"]
-
-
-@pytest.fixture(params=BACKENDS)
-def database_url(request: pytest.FixtureRequest) -> str | None:
-    """None: the SQLite gallery in the data dir; else a fresh PostgreSQL database's URL."""
-    return str(request.getfixturevalue("pg_url")) if request.param == "postgresql" else None
-
 
 def unit_vectors(count: int, dim: int, seed: int) -> np.ndarray:
     vectors = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)

@@ -23,7 +23,7 @@ from service.gallery.migrate import (
     migrate_to_postgres,
 )
 from service.gallery.postgres_store import open_postgres_store
-from service.gallery.sqlite_store import GALLERY_FILE, open_sqlite_store
+from service.gallery.sqlite_store import GALLERY_FILE, SqliteGalleryStore, open_sqlite_store
 from service.gallery.store import NewFace, StoredCrop, StoreOptions
 from service.postgres.pool import PoolOptions
 from service.settings import Settings
@@ -344,6 +344,25 @@ def test_verification_names_what_differs(source: Source, pg_url: str) -> None:
     assert "subjects with a different name" in differences
     assert source_print.embeddings_sha256() != target_print.embeddings_sha256()
     assert compare(source_print, source_print) == []
+
+
+def test_the_source_s_last_index_id_counts_deleted_faces(source: Source, tmp_path: Path) -> None:
+    opened = open_sqlite_store(source.data_dir, StoreOptions(), must_exist=True)
+    try:
+        store = opened.store
+        assert isinstance(store, SqliteGalleryStore)
+        present, _ = store.all_embeddings()
+        assert int(present.max()) < source.max_index_id  # the highest ids went with a deleted subject
+        assert store.last_index_id() == source.max_index_id
+    finally:
+        opened.close()
+    (tmp_path / "empty").mkdir()
+    empty = open_sqlite_store(tmp_path / "empty", StoreOptions())
+    try:
+        assert isinstance(empty.store, SqliteGalleryStore)
+        assert empty.store.last_index_id() == 0  # no face ever added
+    finally:
+        empty.close()
 
 
 def test_hide_password_covers_every_spelling() -> None:

@@ -318,6 +318,28 @@ def test_import_batch_keeps_ids_and_later_faces_get_higher_index_ids(
     assert store.change_seq() == 3
 
 
+def test_reserve_index_ids_moves_the_sequence_past_them_in_one_logged_write_and_never_back(
+    store: PostgresGalleryStore, pg_url: str
+) -> None:
+    assert store.last_index_id() == 0
+    store.reserve_index_ids(0)  # nothing to reserve: no write
+    assert store.change_seq() == 1  # the pin's
+    subject = store.create_subject("s")
+    (first,) = store.add_faces(subject.id, _faces(1))
+    assert store.last_index_id() == first.index_id
+
+    store.reserve_index_ids(first.index_id + 50)  # e.g. the ids of faces a copied gallery had deleted
+
+    assert store.last_index_id() == first.index_id + 50
+    assert _log(pg_url)[-1] == (4, [], [], False)  # a write like any other: bumped, logged, no ids
+    store.reserve_index_ids(first.index_id + 10)  # below the sequence: it does not go back
+    store.reserve_index_ids(first.index_id + 50)  # at it: nothing to do either
+    assert store.last_index_id() == first.index_id + 50
+    assert store.change_seq() == 4  # neither wrote
+    (later,) = store.add_faces(subject.id, _faces(1, seed=1))
+    assert later.index_id == first.index_id + 51
+
+
 def test_migrations_are_idempotent_and_two_replicas_share_one_database(pg_url: str) -> None:
     first = _open(pg_url)
     second = _open(pg_url)  # a second opener on the same database: migrations find nothing to do

@@ -13,10 +13,14 @@ from tests.api.routes.gallery import Enrolled, H, enroll
 
 @pytest.fixture(scope="module")
 def enrolled(
-    tmp_path_factory: pytest.TempPathFactory, default_pack_dir: Path, johns: list[Person]
+    tmp_path_factory: pytest.TempPathFactory,
+    default_pack_dir: Path,
+    johns: list[Person],
+    module_database_url: str | None,
 ) -> Iterator[Enrolled]:
+    """Every route test runs on both gallery backends: SQLite in the data dir, and PostgreSQL."""
     data_dir = tmp_path_factory.mktemp("routes-gallery")
-    with running_app(data_dir, default_pack_dir) as client:
+    with running_app(data_dir, default_pack_dir, database_url=module_database_url) as client:
         subject_ids = {}
         for person in johns:
             created = client.post(

@@ -63,10 +63,10 @@ def test_update_and_delete_change_what_identify_sees(enrolled: Enrolled, shared_
 
 
 def test_restarted_app_finds_the_gallery_intact(
-    tmp_path: Path, default_pack_dir: Path, johns: list[Person]
+    tmp_path: Path, default_pack_dir: Path, johns: list[Person], database_url: str | None
 ) -> None:
     people = johns[:2]
-    with running_app(tmp_path, default_pack_dir) as client:
+    with running_app(tmp_path, default_pack_dir, database_url=database_url) as client:
         ids = {}
         for person in people:
             ids[person.name] = client.post("/v1/subjects", json={"name": person.name}, headers=H).json()["id"]
@@ -74,7 +74,7 @@ def test_restarted_app_finds_the_gallery_intact(
         before = identify(client, people[0].probes[0])
         listing = client.get("/v1/subjects", headers=H).json()
 
-    with running_app(tmp_path, default_pack_dir) as restarted:
+    with running_app(tmp_path, default_pack_dir, database_url=database_url) as restarted:
         assert restarted.get("/v1/subjects", headers=H).json() == listing
         after = identify(restarted, people[0].probes[0])
         assert after == before
