@@ -36,6 +36,8 @@ from service.usecases.errors import (
     KeyNotFoundError,
     NoFaceAcceptedError,
     NoFaceError,
+    SelfMergeError,
+    TargetSubjectNotFoundError,
     TooManyImagesError,
     UseCaseError,
 )
@@ -134,6 +136,8 @@ DOMAIN_ERRORS: dict[type[Exception], ToProblem] = {
     NoFaceAcceptedError: _refusal(_always(422)),
     TooManyImagesError: _refusal(_always(413)),
     KeyNotFoundError: _refusal(_always(404)),
+    SelfMergeError: _refusal(_always(422)),
+    TargetSubjectNotFoundError: _refusal(_always(404)),
 }
 
 

@@ -276,6 +276,18 @@ class SubjectUpdate(_In):
         return self
 
 
+class SubjectMerge(_In):
+    """Where a subject's faces go: the subject named by ``into`` keeps its id, name and metadata."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"into": _EXAMPLE_SUBJECT_ID}]})
+    into: str = Field(
+        min_length=1,
+        max_length=200,
+        description="id of the subject that receives the faces (not the subject merged); metadata: its "
+        "keys win, keys only the merged subject has are added",
+    )
+
+
 class SubjectOut(_Out):
     model_config = ConfigDict(
         json_schema_extra={
@@ -362,6 +374,15 @@ class FaceOut(_Out):
 
 class FaceList(_Out):
     faces: list[FaceOut]
+
+
+class FaceMove(_In):
+    """The subject a face moves to (its crop goes with it)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"subject_id": _EXAMPLE_SUBJECT_ID}]}
+    )
+    subject_id: str = Field(min_length=1, max_length=200, description="id of the subject the face moves to")
 
 
 # --- keys

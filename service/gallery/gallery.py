@@ -309,6 +309,25 @@ class Gallery:
             self._update_index(lambda: self._index.remove([removed.index_id]))
         return removed
 
+    def merge_subject(self, source_id: str, target_id: str) -> Subject:
+        """Merge ``source_id`` into ``target_id`` (the store's rule); returns the target after it.
+
+        Under the lock, as a delete: a mean-score search never sees a candidate vanish mid-way. The
+        index holds the same faces afterwards (hits resolve to subjects through the store); with a
+        feed it moves past the change, so this replica's applied sequence stays current.
+        """
+        with self._lock:
+            merged = self._store.merge_subject(source_id, target_id)
+            self._update_index(lambda: None)
+        return merged
+
+    def move_face(self, face_id: str, subject_id: str) -> FaceRecord:
+        """Make one face ``subject_id``'s (the index keeps it: hits resolve through the store)."""
+        with self._lock:
+            moved = self._store.move_face(face_id, subject_id)
+            self._update_index(lambda: None)
+        return moved
+
     def rebuild_index(self) -> None:
         with self._lock:
             self._rebuild_from_store()

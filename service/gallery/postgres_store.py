@@ -364,6 +364,31 @@ class PostgresGalleryStore:
             change.removed = [face.index_id for face in faces]
         return faces
 
+    def merge_subject(self, source_id: str, target_id: str) -> Subject:
+        """Move the source's faces to the target and delete the source, in one transaction.
+
+        The metadata rule (see ``GalleryStore.merge_subject``) is JSONB's ``source || target``: the
+        target's top-level keys win, keys only the source has are added. Logged as a change adding
+        and removing no index ids (replicas' indexes hold the same faces; hits resolve to subjects
+        through the store).
+        """
+        if source_id == target_id:
+            raise ValueError(f"cannot merge subject {source_id!r} into itself")
+        with self._write() as (conn, _):
+            for subject_id in (source_id, target_id):
+                if conn.execute("SELECT 1 FROM subjects WHERE id = %s", (subject_id,)).fetchone() is None:
+                    raise SubjectNotFoundError(subject_id)
+            conn.execute("UPDATE faces SET subject_id = %s WHERE subject_id = %s", (target_id, source_id))
+            conn.execute(
+                "UPDATE subjects t SET updated_at = %s, metadata = CASE "
+                "WHEN jsonb_typeof(s.metadata) = 'object' AND jsonb_typeof(t.metadata) = 'object' "
+                "THEN s.metadata || t.metadata ELSE t.metadata END "
+                "FROM subjects s WHERE t.id = %s AND s.id = %s",
+                (utc_timestamp(), target_id, source_id),
+            )
+            conn.execute("DELETE FROM subjects WHERE id = %s", (source_id,))
+        return self.get_subject(target_id)
+
     # ------------------------------------------------------------------ faces
 
     def add_faces(self, subject_id: str, faces: Sequence[NewFace]) -> list[FaceRecord]:
@@ -454,6 +479,24 @@ class PostgresGalleryStore:
             conn.execute("UPDATE subjects SET updated_at = %s WHERE id = %s", (utc_timestamp(), row[1]))
             change.removed = [int(row[0])]
         return FaceRef(face_id, int(row[0]))
+
+    def move_face(self, face_id: str, subject_id: str) -> FaceRecord:
+        """Make one face (its crop follows, keyed by index id) ``subject_id``'s, in one transaction.
+
+        Logged as a change adding and removing no index ids, as a merge is.
+        """
+        with self._write() as (conn, _):
+            row = conn.execute("SELECT subject_id FROM faces WHERE id = %s", (face_id,)).fetchone()
+            if row is None:
+                raise FaceNotFoundError(face_id)
+            if conn.execute("SELECT 1 FROM subjects WHERE id = %s", (subject_id,)).fetchone() is None:
+                raise SubjectNotFoundError(subject_id)
+            conn.execute("UPDATE faces SET subject_id = %s WHERE id = %s", (subject_id, face_id))
+            conn.execute(
+                "UPDATE subjects SET updated_at = %s WHERE id = ANY(%s::text[])",
+                (utc_timestamp(), [row[0], subject_id]),
+            )
+        return self.get_face(face_id)
 
     def subject_embeddings(self, subject_id: str) -> FloatArray:
         """(n, D) embeddings of one subject's faces; raises SubjectNotFoundError."""

@@ -404,6 +404,29 @@ class SqliteGalleryStore:
                 raise SubjectNotFoundError(subject_id)
         return faces
 
+    def merge_subject(self, source_id: str, target_id: str) -> Subject:
+        """Move the source's faces to the target and delete the source, in one transaction.
+
+        The metadata rule (see ``GalleryStore.merge_subject``): the target's top-level keys win, keys
+        only the source has are added. Crops are keyed by index id, so they follow their faces.
+        """
+        if source_id == target_id:
+            raise ValueError(f"cannot merge subject {source_id!r} into itself")
+        with self._transaction() as conn:
+            source = conn.execute("SELECT metadata FROM subjects WHERE id = ?", (source_id,)).fetchone()
+            if source is None:
+                raise SubjectNotFoundError(source_id)
+            target = conn.execute("SELECT metadata FROM subjects WHERE id = ?", (target_id,)).fetchone()
+            if target is None:
+                raise SubjectNotFoundError(target_id)
+            conn.execute("UPDATE faces SET subject_id = ? WHERE subject_id = ?", (target_id, source_id))
+            conn.execute(
+                "UPDATE subjects SET metadata = ?, updated_at = ? WHERE id = ?",
+                (_merged_metadata(source["metadata"], target["metadata"]), utc_timestamp(), target_id),
+            )
+            conn.execute("DELETE FROM subjects WHERE id = ?", (source_id,))
+        return self.get_subject(target_id)
+
     # ------------------------------------------------------------------ faces
 
     def add_faces(self, subject_id: str, faces: Sequence[NewFace]) -> list[FaceRecord]:
@@ -508,6 +531,21 @@ class SqliteGalleryStore:
                 "UPDATE subjects SET updated_at = ? WHERE id = ?", (utc_timestamp(), row["subject_id"])
             )
         return FaceRef(face_id, row["index_id"])
+
+    def move_face(self, face_id: str, subject_id: str) -> FaceRecord:
+        """Make one face (its crop follows, keyed by index id) ``subject_id``'s, in one transaction."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT subject_id FROM faces WHERE id = ?", (face_id,)).fetchone()
+            if row is None:
+                raise FaceNotFoundError(face_id)
+            if conn.execute("SELECT 1 FROM subjects WHERE id = ?", (subject_id,)).fetchone() is None:
+                raise SubjectNotFoundError(subject_id)
+            conn.execute("UPDATE faces SET subject_id = ? WHERE id = ?", (subject_id, face_id))
+            conn.execute(
+                "UPDATE subjects SET updated_at = ? WHERE id IN (?, ?)",
+                (utc_timestamp(), row["subject_id"], subject_id),
+            )
+        return self.get_face(face_id)
 
     def subject_embeddings(self, subject_id: str) -> FloatArray:
         """(n, D) embeddings of one subject's faces; raises SubjectNotFoundError."""
@@ -639,6 +677,26 @@ class SqliteEmbeddingWriter:
         if cursor.rowcount != len(index_ids):
             raise GalleryError(f"{len(index_ids) - cursor.rowcount} of the re-embedded faces no longer exist")
         self.written += len(index_ids)
+
+
+def _merged_metadata(source_text: object, target_text: object) -> object:
+    """The target's stored metadata with the keys only the source has added (the target's win).
+
+    Returns the target's stored value untouched when either side is not a readable JSON object:
+    the merge never turns an unreadable row (or the marker shown for one) into stored content.
+    """
+    source, target = _stored_object(source_text), _stored_object(target_text)
+    if source is None or target is None:
+        return target_text
+    return json.dumps(source | target)
+
+
+def _stored_object(text: object) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text) if isinstance(text, str | bytes) else None
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _subject(row: sqlite3.Row) -> Subject:

@@ -287,6 +287,18 @@ class GalleryStore(Protocol):
 
     def delete_subject(self, subject_id: str) -> list[FaceRef]: ...
 
+    def merge_subject(self, source_id: str, target_id: str) -> Subject:
+        """Move every face (crops too) of ``source_id`` to ``target_id``, then delete the source, in one
+        transaction; returns the target as it is after the merge.
+
+        Metadata: the target's top-level keys win; keys only the source has are added (a side whose
+        stored metadata is not a readable object contributes nothing, and an unreadable target's is
+        kept as it is). The target's ``updated_at`` changes. Index ids do not change (searches resolve
+        hits to subjects through the store). Raises ``SubjectNotFoundError`` naming the missing one
+        (the source first), and ``ValueError`` when both are the same subject.
+        """
+        ...
+
     # faces
     def add_faces(self, subject_id: str, faces: Sequence[NewFace]) -> list[FaceRecord]: ...
 
@@ -297,6 +309,14 @@ class GalleryStore(Protocol):
     def get_crop(self, face_id: str) -> StoredCrop | None: ...
 
     def delete_face(self, face_id: str, subject_id: str | None = None) -> FaceRef: ...
+
+    def move_face(self, face_id: str, subject_id: str) -> FaceRecord:
+        """Make one face (and its crop) ``subject_id``'s, in one transaction; returns the moved face.
+
+        Both subjects' ``updated_at`` change; the face keeps its ids. Raises ``FaceNotFoundError`` or
+        ``SubjectNotFoundError``.
+        """
+        ...
 
     def subject_embeddings(self, subject_id: str) -> FloatArray: ...
 

@@ -108,3 +108,26 @@ class NoFaceAcceptedError(UseCaseError):
 class KeyNotFoundError(UseCaseError):
     def __init__(self, detail: str) -> None:
         super().__init__("not_found", detail)
+
+
+class SelfMergeError(UseCaseError):
+    """A subject named as its own merge target: refused (the store would delete what it merged)."""
+
+    def __init__(self, subject_id: str, field: str) -> None:
+        reason = "is the subject being merged; name another subject"
+        super().__init__(
+            "merge_into_itself",
+            f"cannot merge subject {subject_id!r} into itself",
+            [FieldProblem(field, reason, "merge_into_itself")],
+        )
+
+
+class TargetSubjectNotFoundError(UseCaseError):
+    """The subject a request's body names to receive faces does not exist (the path's may well)."""
+
+    def __init__(self, subject_id: str, field: str) -> None:
+        super().__init__(
+            "subject_not_found",
+            f"{field}: no subject with id {subject_id!r}",
+            [FieldProblem(field, "no subject with this id", "subject_not_found")],
+        )

@@ -69,6 +69,8 @@ def test_concurrent_enrollments_and_identifications(
             "subjects": len(johns),
             "faces": faces,
             "index_type": "flat",  # exact search below FACE_INDEX_HNSW_MIN_SIZE faces
+            "backend": "sqlite",
+            "replication": None,  # a gallery no other process writes
         }
         for person in johns:
             assert client.get(f"/v1/subjects/{ids[person.name]}", headers=H).json()["face_count"] == len(

@@ -337,3 +337,42 @@ def _wait_for(condition, timeout_s: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("the other replica did not catch up in time")
         time.sleep(0.02)
+
+
+def test_merge_and_move_on_one_replica_are_seen_on_the_other(tmp_path: Path, pg_url: str) -> None:
+    """Merge and move on replica A; B answers with the new owners at once and its feed moves past both."""
+    settings = _settings(pg_url)
+    first = Gallery.open(tmp_path / "a", "pack-a", DIM, settings)
+    second = Gallery.open(tmp_path / "b", "pack-a", DIM, settings)
+    try:
+        vectors = unit_vectors(3, DIM, 90)
+        alice = _enroll(first, "alice", vectors[:2])
+        alicia = _enroll(first, "alicia", vectors[2:])
+        first.update_subject(alicia, metadata={"team": "b", "desk": 4})
+        _wait_for(lambda: second.index_size == 3)
+        assert second.identify(vectors[2:], top_k=1)[0][0].subject_id == alicia
+
+        merged = first.merge_subject(alicia, alice)
+        assert (merged.id, merged.face_count) == (alice, 3)
+        # On B at once, before its follower applies anything: hits resolve to subjects through the store.
+        assert [c.subject_id for c in second.identify(vectors[2:], top_k=3)[0]] == [alice]
+        assert second.get_subject(alice).metadata == {"team": "b", "desk": 4}
+        with pytest.raises(SubjectNotFoundError):
+            second.get_subject(alicia)
+
+        face = second.list_faces(alice)[0]
+        bob = second.create_subject("bob")
+        second.move_face(face.id, bob.id)
+        assert first.identify(vectors[:1], top_k=1)[0][0].subject_id == bob.id
+        assert first.get_face(face.id).subject_id == bob.id
+
+        # Both feeds move past the merge and the move (logged with no index ids) without losing a face.
+        def caught_up() -> bool:
+            statuses = [g.replication() for g in (first, second)]
+            return all(s is not None and s.applied_seq == first.change_seq() for s in statuses)
+
+        _wait_for(caught_up)
+        assert first.index_size == second.index_size == 3
+    finally:
+        first.close()
+        second.close()

@@ -1,4 +1,5 @@
-"""The gallery store on every backend: round trips, pagination, cascades, all-or-nothing adds, pinning.
+"""The gallery store on every backend: round trips, pagination, cascades, all-or-nothing adds, pinning,
+merging subjects and moving faces.
 
 The ``store`` fixture runs each test on SQLite and on PostgreSQL (a real server, see
 tests/postgres_server.py); the SQLite file's own settings (durability, schema-version row) are tested
@@ -7,6 +8,7 @@ on SQLite alone.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -23,6 +25,7 @@ from service.gallery.sqlite_store import SqliteGalleryStore
 from service.gallery.store import (
     EmbeddingSizeError,
     FaceNotFoundError,
+    GalleryCounts,
     GalleryStore,
     InvalidCursorError,
     NewFace,
@@ -54,6 +57,10 @@ class Backend(Protocol):
         """Inserts into faces abort ('disk on fire') once the table holds ``once_faces`` rows."""
         ...
 
+    def failing_statements(self, operation: str, table: str) -> AbstractContextManager[None]:
+        """Every ``operation`` (UPDATE, DELETE) on ``table`` aborts ('disk on fire') in its transaction."""
+        ...
+
 
 @dataclass
 class SqliteBackend:
@@ -80,6 +87,19 @@ class SqliteBackend:
             yield
         finally:
             conn.execute("DROP TRIGGER fail_insert")
+            conn.close()
+
+    @contextmanager
+    def failing_statements(self, operation: str, table: str) -> Iterator[None]:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.execute(
+            f"CREATE TRIGGER fail_statement BEFORE {operation} ON {table} "
+            "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+        )
+        try:
+            yield
+        finally:
+            conn.execute("DROP TRIGGER fail_statement")
             conn.close()
 
 
@@ -114,6 +134,23 @@ class PostgresBackend:
             finally:
                 conn.execute("DROP TRIGGER fail_insert ON faces")
                 conn.execute("DROP FUNCTION fail_insert()")
+
+    @contextmanager
+    def failing_statements(self, operation: str, table: str) -> Iterator[None]:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(
+                "CREATE FUNCTION fail_statement() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "RAISE EXCEPTION 'disk on fire'; END $$"
+            )
+            conn.execute(
+                f"CREATE TRIGGER fail_statement BEFORE {operation} ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION fail_statement()"
+            )
+            try:
+                yield
+            finally:
+                conn.execute(f"DROP TRIGGER fail_statement ON {table}")
+                conn.execute("DROP FUNCTION fail_statement()")
 
 
 @pytest.fixture(params=BACKENDS, ids=BACKENDS)
@@ -324,3 +361,132 @@ def test_the_change_sequence_counts_committed_writes_and_survives_reopening(back
     reopened.delete_subject(subject.id)
     assert reopened.change_seq() == 6
     reopened.close()
+
+
+def _logged_changes(backend: Backend) -> int:
+    """Rows of PostgreSQL's change log (SQLite keeps none: its change sequence is the header's)."""
+    return backend.count_rows("gallery_changes") if backend.name == "postgresql" else 0
+
+
+def test_merging_moves_faces_and_crops_to_the_target_and_deletes_the_source(
+    store: GalleryStore, backend: Backend
+) -> None:
+    source = store.create_subject("Ada L.", {"team": "engines", "employee_id": "E-7"})
+    target = store.create_subject("Ada Lovelace", {"team": "analytics", "level": 3})
+    other = store.create_subject("Charles")
+    source_faces = _faces(2, seed=1, crops=True)
+    moved = store.add_faces(source.id, source_faces)
+    kept = store.add_faces(target.id, _faces(1, seed=2, crops=True))
+    store.add_faces(other.id, _faces(1, seed=3))
+    target_before = store.get_subject(target.id)
+    seq, logged = store.change_seq(), _logged_changes(backend)
+
+    merged = store.merge_subject(source.id, target.id)
+
+    assert (merged.id, merged.name, merged.face_count) == (target.id, "Ada Lovelace", 3)
+    # The target's keys win; keys only the source had are added.
+    assert merged.metadata == {"team": "analytics", "level": 3, "employee_id": "E-7"}
+    assert merged.updated_at > target_before.updated_at
+    assert merged.created_at == target.created_at
+    assert store.get_subject(target.id) == merged
+    with pytest.raises(SubjectNotFoundError):
+        store.get_subject(source.id)
+    faces = store.list_faces(target.id)
+    assert [f.id for f in faces] == [r.id for r in sorted(kept + moved, key=lambda r: r.index_id)]
+    assert {f.index_id for f in faces} == {
+        r.index_id for r in kept + moved
+    }  # ids kept: the index stays valid
+    owners = store.owners([r.index_id for r in moved])
+    assert {owner.subject_id for owner in owners.values()} == {target.id}
+    assert {owner.subject_name for owner in owners.values()} == {"Ada Lovelace"}
+    crop, original = store.get_crop(moved[1].id), source_faces[1].crop
+    assert crop is not None
+    assert original is not None
+    np.testing.assert_array_equal(crop.image, original.image)
+    assert backend.count_rows("face_crops") == 3
+    assert store.counts() == GalleryCounts(subjects=2, faces=4)
+    assert store.get_subject(other.id).face_count == 1  # nobody else's faces moved
+    assert store.change_seq() == seq + 1  # one transaction
+    if backend.name == "postgresql":
+        assert _logged_changes(backend) == logged + 1
+
+
+def test_a_merge_into_itself_or_with_an_unknown_subject_changes_nothing(
+    store: GalleryStore, backend: Backend
+) -> None:
+    subject = store.create_subject("s", {"a": 1})
+    store.add_faces(subject.id, _faces(2))
+    before, seq = store.get_subject(subject.id), store.change_seq()
+    with pytest.raises(ValueError, match="into itself"):
+        store.merge_subject(subject.id, subject.id)
+    with pytest.raises(SubjectNotFoundError) as unknown_source:
+        store.merge_subject("no-such-source", subject.id)
+    assert unknown_source.value.subject_id == "no-such-source"
+    with pytest.raises(SubjectNotFoundError) as unknown_target:
+        store.merge_subject(subject.id, "no-such-target")
+    assert unknown_target.value.subject_id == "no-such-target"
+    assert store.get_subject(subject.id) == before
+    assert store.change_seq() == seq  # refused writes roll their sequence step back
+
+
+def test_a_merge_that_fails_inside_its_transaction_changes_nothing(
+    store: GalleryStore, backend: Backend
+) -> None:
+    source, target = store.create_subject("a", {"x": 1}), store.create_subject("b", {"y": 2})
+    source_faces = store.add_faces(source.id, _faces(2, crops=True))
+    target_before, seq = store.get_subject(target.id), store.change_seq()
+    # The source's delete is the merge's last statement: the faces were moved and the target updated.
+    with backend.failing_statements("DELETE", "subjects"), pytest.raises(backend.write_error, match="fire"):
+        store.merge_subject(source.id, target.id)
+    assert store.list_faces(source.id) == source_faces
+    assert store.get_subject(target.id) == target_before
+    assert store.change_seq() == seq
+    assert store.merge_subject(source.id, target.id).face_count == 2  # usable afterwards
+
+
+def test_moving_a_face_changes_its_subject_only(store: GalleryStore, backend: Backend) -> None:
+    a, b = store.create_subject("a", {"k": "a"}), store.create_subject("b", {"k": "b"})
+    faces = _faces(2, seed=4, crops=True)
+    records = store.add_faces(a.id, faces)
+    a_before, b_before = store.get_subject(a.id), store.get_subject(b.id)
+    seq, logged = store.change_seq(), _logged_changes(backend)
+
+    moved = store.move_face(records[0].id, b.id)
+
+    assert moved == dataclasses.replace(records[0], subject_id=b.id)  # same ids, crop, scores
+    assert store.get_face(records[0].id) == moved
+    assert store.list_faces(b.id) == [moved]
+    assert store.list_faces(a.id) == [records[1]]
+    a_after, b_after = store.get_subject(a.id), store.get_subject(b.id)
+    assert (a_after.face_count, b_after.face_count) == (1, 1)
+    assert a_after.updated_at > a_before.updated_at
+    assert b_after.updated_at > b_before.updated_at
+    assert (a_after.metadata, b_after.metadata) == ({"k": "a"}, {"k": "b"})
+    assert store.owners([moved.index_id])[moved.index_id].subject_id == b.id
+    crop, original = store.get_crop(moved.id), faces[0].crop
+    assert crop is not None
+    assert original is not None
+    np.testing.assert_array_equal(crop.image, original.image)
+    assert store.change_seq() == seq + 1
+    if backend.name == "postgresql":
+        assert _logged_changes(backend) == logged + 1
+
+
+def test_moving_an_unknown_face_or_to_an_unknown_subject_changes_nothing(
+    store: GalleryStore, backend: Backend
+) -> None:
+    subject = store.create_subject("s")
+    record = store.add_faces(subject.id, _faces(1))[0]
+    seq = store.change_seq()
+    with pytest.raises(FaceNotFoundError):
+        store.move_face("no-such-face", subject.id)
+    with pytest.raises(SubjectNotFoundError) as unknown:
+        store.move_face(record.id, "no-such-subject")
+    assert unknown.value.subject_id == "no-such-subject"
+    # A face update that aborts inside the transaction: the face stays where it was.
+    other = store.create_subject("t")
+    with backend.failing_statements("UPDATE", "faces"), pytest.raises(backend.write_error, match="fire"):
+        store.move_face(record.id, other.id)
+    assert store.get_face(record.id) == record
+    assert store.get_subject(other.id).face_count == 0
+    assert store.change_seq() == seq + 1  # only the create_subject above committed

@@ -296,6 +296,8 @@ BODY_ROUTES = {
     ("POST", "/v1/subjects"),
     ("PATCH", "/v1/subjects/{subject_id}"),
     ("POST", "/v1/subjects/{subject_id}/faces"),
+    ("POST", "/v1/subjects/{subject_id}/merge"),
+    ("POST", "/v1/faces/{face_id}/move"),
     ("POST", "/v1/keys"),
 }
 SOME_ID = "00000000-0000-4000-8000-000000000000"

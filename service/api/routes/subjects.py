@@ -1,4 +1,4 @@
-"""Gallery subjects: create, list (cursor pages), read, update, delete; their faces: list."""
+"""Gallery subjects: create, list (cursor pages), read, update, merge, delete; their faces: list."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from service.api.schemas import (
     FaceList,
     Problem,
     SubjectCreate,
+    SubjectMerge,
     SubjectOut,
     SubjectPage,
     SubjectUpdate,
@@ -60,6 +61,23 @@ async def update_subject(
 ) -> SubjectOut:
     updated = await subjects.update_subject(resources, subject_id, name=body.name, metadata=body.metadata)
     return subject_out(updated)
+
+
+@router.post(
+    "/{subject_id}/merge",
+    summary="Merge a subject into another (its faces move, then it is deleted)",
+    description="In one transaction: every face of `subject_id` (crops too) moves to the subject `into` "
+    "names, whose metadata keeps its own keys and gains the keys only `subject_id` had; then `subject_id` "
+    "is deleted. Answers the subject merged into, its `face_count` and `updated_at` new.",
+    responses={
+        404: {"model": Problem, "description": "`subject_id` (no `errors`) or `into` (`body.into`) unknown"},
+        422: {"model": Problem, "description": "`into` names `subject_id` itself, or the body is invalid"},
+    },
+)
+async def merge_subject(
+    subject_id: str, body: SubjectMerge, resources: Resources, _: EnrollAccess
+) -> SubjectOut:
+    return subject_out(await subjects.merge_subject(resources, subject_id, body.into))
 
 
 @router.delete(
