@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from service.gallery.gallery import ReplicationStatus
@@ -47,13 +48,17 @@ async def readiness(resources: ServiceResources | None) -> Readiness:
     """Each check by name: models loaded, gallery readable, key store readable, replica caught up."""
     if resources is None:
         return Readiness()
-    checks = {
-        "models": bool(resources.pipeline.providers),
-        "gallery": await in_worker(_gallery_readable, resources),
+    # Together, not one after another: with the database down each waits out FACE_DB_TIMEOUT_S.
+    gallery_ok, keys_ok = await asyncio.gather(
+        in_worker(_gallery_readable, resources),
         # A key store gone bad after start would refuse every stored key: not ready.
-        "keys": await in_worker(resources.authenticator.store_ready),
-    }
+        in_worker(resources.authenticator.store_ready),
+    )
+    checks = {"models": bool(resources.pipeline.providers), "gallery": gallery_ok, "keys": keys_ok}
     if not resources.settings.shared_gallery:
+        return Readiness(checks)
+    if not gallery_ok:  # the database is unreachable: no need to wait for it once more
+        checks["replica"] = False
         return Readiness(checks)
     status = await in_worker(replication_status, resources)
     # pgvector search has no local index to lag: replication() is None there, and nothing to check.

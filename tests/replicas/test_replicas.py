@@ -4,8 +4,8 @@ Each replica is a child process with its own data dir and port, its own FAISS in
 database's change feed, and the same ``FACE_DATABASE_URL``. What is checked, through the HTTP API
 and the database itself:
 
-- a face enrolled on one replica is identified on another within a bounded lag; a rename and
-  deletes on one are seen on the other (merge: the API has no merge yet, so nothing to test);
+- a face enrolled on one replica is identified on another within a bounded lag; a rename, a merge
+  and deletes on one are seen on the other;
 - an API key created on one replica works on the other, and its revocation on the other is seen;
 - SIGKILL of a replica during concurrent enrollment through two replicas loses no acknowledged face,
   and afterwards every replica's index holds exactly the database's faces;
@@ -135,7 +135,7 @@ def wait_visible(client: httpx.Client, image: bytes, face_id: str, since: float)
 def test_writes_on_one_replica_are_seen_on_another(make_replica: ReplicaFactory, johns: FaceImages) -> None:
     a, b = make_replica("a"), make_replica("b")
     start_all([a, b])
-    people = sorted(johns.people)[:3]
+    people = sorted(johns.people)[:4]
     lags: list[float] = []
     faces: dict[str, tuple[str, bytes]] = {}
     with client_of(a) as on_a, client_of(b) as on_b:
@@ -169,12 +169,22 @@ def test_writes_on_one_replica_are_seen_on_another(make_replica: ReplicaFactory,
         assert on_b.delete(f"/v1/faces/{deleted_face}").status_code == 404
 
         # Delete a whole subject on A: gone on B, its face with it.
-        gone_face, (gone_subject, gone_image) = list(faces.items())[-1]
+        merged_face, (merged_subject, merged_image) = list(faces.items())[-1]
+        gone_face, (gone_subject, gone_image) = list(faces.items())[-2]
         assert on_a.delete(f"/v1/subjects/{gone_subject}").status_code == 204
         assert on_b.get(f"/v1/subjects/{gone_subject}").status_code == 404
         best = identify_best(on_b, gone_image)
         assert best is None or best["face_id"] != gone_face
         del faces[gone_face]
+        assert_index_is_rows([a, b], len(faces))
+        assert_all_findable(b, faces)
+
+        # Merge a subject into another on A: on B its face belongs to the subject merged into.
+        merged = on_a.post(f"/v1/subjects/{merged_subject}/merge", json={"into": renamed_subject})
+        assert merged.status_code == 200, merged.text
+        assert on_b.get(f"/v1/subjects/{merged_subject}").status_code == 404
+        faces[merged_face] = (renamed_subject, merged_image)
+        assert on_b.get(f"/v1/subjects/{renamed_subject}").json()["face_count"] == 2
         assert_index_is_rows([a, b], len(faces))
         assert_all_findable(b, faces)
     print("\n" + json.dumps({"enroll_to_identify_elsewhere_s": [round(lag, 3) for lag in lags]}))
