@@ -20,7 +20,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from service.gallery.index import MISSING_ID, IndexKind, IndexOptions, IntArray
+from service.gallery.index import IndexKind, IndexOptions, IntArray, no_hits, query_rows
 from service.pipeline.types import FloatArray
 
 logger = logging.getLogger(__name__)
@@ -129,15 +129,8 @@ class FaissIndex:
 
     def search(self, queries: FloatArray, k: int) -> tuple[FloatArray, IntArray]:
         """Top-``k`` (scores, ids) per query row, best first; missing slots are (-inf, -1)."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        matrix = np.ascontiguousarray(queries, dtype=np.float32)
-        if matrix.ndim == 1:
-            matrix = matrix[None, :]
-        if matrix.ndim != 2 or matrix.shape[1] != self._dim:
-            raise ValueError(f"queries of shape {matrix.shape}; need (M, {self._dim}) dims")
-        scores = np.full((len(matrix), k), -np.inf, dtype=np.float32)
-        ids = np.full((len(matrix), k), MISSING_ID, dtype=np.int64)
+        matrix = query_rows(queries, self._dim, k)
+        scores, ids = no_hits(len(matrix), k)
         total = int(self._index.ntotal)
         if total == 0 or len(matrix) == 0:
             return scores, ids

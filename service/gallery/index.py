@@ -78,3 +78,23 @@ class SearchIndex(Protocol):
     def search(self, queries: FloatArray, k: int) -> tuple[FloatArray, IntArray]:
         """Top-``k`` (scores, ids) per query row, best first; missing slots are (-inf, MISSING_ID)."""
         ...
+
+
+def query_rows(queries: FloatArray, dim: int, k: int) -> FloatArray:
+    """``queries`` as a C-contiguous float32 (M, dim) matrix, or a ValueError saying what is wrong."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    matrix = np.ascontiguousarray(queries, dtype=np.float32)
+    if matrix.ndim == 1:
+        matrix = matrix[None, :]
+    if matrix.ndim != 2 or matrix.shape[1] != dim:
+        raise ValueError(f"queries of shape {matrix.shape}; need (M, {dim}) dims")
+    return matrix
+
+
+def no_hits(rows: int, k: int) -> tuple[FloatArray, IntArray]:
+    """(scores, ids) with every slot missing: (-inf, MISSING_ID)."""
+    return (
+        np.full((rows, k), -np.inf, dtype=np.float32),
+        np.full((rows, k), MISSING_ID, dtype=np.int64),
+    )

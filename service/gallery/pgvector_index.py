@@ -33,7 +33,7 @@ import numpy as np
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from service.gallery.index import MISSING_ID, IndexKind, IntArray
+from service.gallery.index import IndexKind, IntArray, no_hits, query_rows
 from service.gallery.postgres_schema import hnsw_index_sql
 from service.gallery.store import StoreUnavailableError
 from service.pipeline.types import FloatArray
@@ -109,15 +109,8 @@ class PgvectorIndex:
 
     def search(self, queries: FloatArray, k: int) -> tuple[FloatArray, IntArray]:
         """Top-``k`` (scores, ids) per query row, best first; missing slots are (-inf, MISSING_ID)."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        matrix = np.ascontiguousarray(queries, dtype=np.float32)
-        if matrix.ndim == 1:
-            matrix = matrix[None, :]
-        if matrix.ndim != 2 or matrix.shape[1] != self._dim:
-            raise ValueError(f"queries of shape {matrix.shape}; need (M, {self._dim}) dims")
-        scores = np.full((len(matrix), k), -np.inf, dtype=np.float32)
-        ids = np.full((len(matrix), k), MISSING_ID, dtype=np.int64)
+        matrix = query_rows(queries, self._dim, k)
+        scores, ids = no_hits(len(matrix), k)
         if len(matrix) == 0:
             return scores, ids
         statement = search_sql(self._dim, k)
