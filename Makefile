@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck pytest test-heavy pack bench bench-replicas bench-peer clean-venv
+.PHONY: install serve test lint typecheck pytest test-heavy pack bench bench-replicas bench-peer browser-deps clean-venv
 
 $(STAMP): pyproject.toml scripts/install.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ bench-replicas: pack
 bench-peer: pack
 	$(BIN)/face-export fast-pack
 	$(BIN)/python -m benchmarks.peer_bench --packs fast --out benchmarks/results/peer.json
+
+## browser-deps: Debian's chromium for the web console's browser tests (tests/ui; skipped without it)
+browser-deps:
+	scripts/browser_deps.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,4 +1,4 @@
-"""``face-service``: serve the API, re-embed the gallery with another pack, manage API keys."""
+"""``face-service``: serve the API, re-embed, migrate, export or import the gallery, manage API keys."""
 
 from __future__ import annotations
 
@@ -10,10 +10,18 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
-from service.api.input_limits import check_name
-from service.auth.keys import KeyStore, KeyStoreError, SqliteKeyStore, parse_scopes
+from service.auth.keys import (
+    KeyStore,
+    KeyStoreError,
+    SqliteKeyStore,
+    key_collections,
+    known_collections,
+    parse_collections,
+    parse_scopes,
+)
 from service.command_hints import command_hint
-from service.settings import Settings, load_settings
+from service.gallery.input_limits import check_name
+from service.settings import DEFAULT_COLLECTION, Settings, load_settings
 
 logger = logging.getLogger("service.cli")
 
@@ -200,6 +208,122 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    """Write the gallery (SQLite: the service stopped; PostgreSQL: live) as a portable archive."""
+    from pathlib import Path
+
+    from service.gallery.backends import open_store, store_options
+    from service.gallery.store import GalleryError
+    from service.usecases.gallery_archive import export_archive_sync
+
+    out = Path(args.out)
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        opened = open_store(settings.data_dir, store_options(settings), must_exist=True)
+    except GalleryError as exc:
+        return _fail(f"export failed: {exc}")
+    try:
+        pin = opened.store.pinned_pack()
+        if pin is None:
+            return _fail("export failed: the gallery is not pinned to a pack (nothing was ever enrolled)")
+        with partial.open("wb") as handle:  # renamed once complete: no half archive under the name
+            summary = export_archive_sync(opened.store, pin, handle)
+        partial.replace(out)
+    except (GalleryError, OSError) as exc:
+        partial.unlink(missing_ok=True)
+        return _fail(f"export failed: {exc}")
+    finally:
+        opened.close()
+    print(
+        f"exported {summary.subjects} subjects, {summary.faces} faces ({summary.crops} crops) of pack "
+        f"{pin.pack_id} to {out}"
+    )
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    """Import an archive into the gallery of FACE_PACK (re-embedded when it is another pack's)."""
+    from pathlib import Path
+
+    from service.gallery.gallery import Gallery
+    from service.gallery.store import GalleryError
+    from service.packs.files import PackError
+    from service.packs.loader import load_pack, resolve_pack_dir
+    from service.pipeline.face_pipeline import FacePipeline
+    from service.pipeline.runtime import RuntimeUnavailableError
+    from service.usecases.errors import UseCaseError
+    from service.usecases.gallery_archive import ImportOptions, OnConflict, import_archive_sync
+
+    options = ImportOptions(
+        on_conflict=OnConflict(args.on_conflict),
+        skip_faces_without_crop=args.skip_faces_without_crop,
+        on_conflict_field="--on-conflict",
+        skip_field="--skip-faces-without-crop",
+    )
+    try:
+        pipeline = FacePipeline.from_pack(
+            load_pack(resolve_pack_dir(settings.models_dir, settings.pack)), settings
+        )
+        with Gallery.open(settings.data_dir, pipeline.pack_id, pipeline.embedding_size, settings) as gallery:
+            report = import_archive_sync(gallery, pipeline, Path(args.file), options)
+    except UseCaseError as exc:
+        return _fail(f"import failed, gallery unchanged: {exc.detail}")
+    except (PackError, RuntimeUnavailableError, GalleryError, OSError) as exc:
+        return _fail(f"import failed, gallery unchanged: {exc}")
+    how = (
+        "embeddings as they are"
+        if report.reembedded == 0 and report.source_pack.pack_id == report.pack.pack_id
+        else f"re-embedded from {report.source_pack.pack_id}"
+    )
+    notes = [
+        f"{count} {what}"
+        for count, what in (
+            (report.skipped_subjects, "subjects skipped (ids taken)"),
+            (report.skipped_faces, "faces skipped (ids taken, or of a skipped subject)"),
+            (report.skipped_without_crop, "faces skipped (no crop to re-embed)"),
+            (len(report.new_subject_ids), "subjects got new ids"),
+            (len(report.new_face_ids), "faces got new ids"),
+        )
+        if count
+    ]
+    print(
+        f"imported {report.subjects} subjects, {report.faces} faces into pack {report.pack.pack_id} ({how}) "
+        f"in {report.seconds:.1f} s" + "".join(f"; {note}" for note in notes)
+    )
+    return 0
+
+
+def _add_archive_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    export = commands.add_parser(
+        "export",
+        help="write the gallery as a portable archive: subjects, faces, embeddings, crops, checksums "
+        "(SQLite: service stopped)",
+    )
+    export.add_argument("--out", required=True, help="the archive to write (a .tar)")
+    export.set_defaults(handler=cmd_export)
+    _add_collection_argument(export)
+    imports = commands.add_parser(
+        "import",
+        help="import an archive into the gallery, verified, all or nothing (another pack's archive is "
+        "re-embedded from its crops with FACE_PACK; SQLite: service stopped)",
+    )
+    imports.add_argument("file", help="an archive `face-service export` wrote")
+    imports.add_argument(
+        "--on-conflict",
+        choices=["refuse", "skip", "new-ids"],
+        default="refuse",
+        help="ids the gallery holds already: refuse (default; nothing imported), skip (leave those subjects "
+        "and faces out), new-ids (give them new ids)",
+    )
+    imports.add_argument(
+        "--skip-faces-without-crop",
+        action="store_true",
+        help="re-embedding: leave faces without a crop out instead of refusing the import",
+    )
+    imports.set_defaults(handler=cmd_import)
+    _add_collection_argument(imports)
+
+
 def _add_migrate_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     migrate = commands.add_parser(
         "migrate",
@@ -260,13 +384,20 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
         return _fail(f"--name: {exc}")
     try:
         scopes = parse_scopes(args.scopes)
+        # The rule POST /v1/keys applies: configured collections (FACE_COLLECTIONS) and default only.
+        collections = key_collections(
+            scopes,
+            None if args.collections is None else parse_collections(args.collections),
+            known_collections(settings),
+        )
     except KeyStoreError as exc:
         return _fail(str(exc))
 
     def create(store: KeyStore) -> int:
-        created = store.create(scopes, name=args.name)
+        created = store.create(scopes, name=args.name, collections=collections)
         print(f"key id: {created.record.id}")
         print(f"scopes: {','.join(sorted(scopes))}")
+        print(f"collections: {_collections_text(created.record.collections)}")
         print(f"key:    {created.key}")
         print("(shown once: store it now)")
         return 0
@@ -277,13 +408,20 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
     def show(store: KeyStore) -> int:
         keys = store.list(include_revoked=args.all)
-        print(f"{'id':<14}{'scopes':<20}{'created':<27}{'status':<37}name")
+        print(f"{'id':<14}{'scopes':<20}{'created':<27}{'status':<37}{'collections':<24}name")
         for key in keys:
             status = "active" if key.active else f"revoked {key.revoked_at}"
-            print(f"{key.id:<14}{','.join(sorted(key.scopes)):<20}{key.created_at:<27}{status:<37}{key.name}")
+            print(
+                f"{key.id:<14}{','.join(sorted(key.scopes)):<20}{key.created_at:<27}{status:<37}"
+                f"{_collections_text(key.collections):<24}{key.name}"
+            )
         return 0
 
     return _run_keys_command(settings, show, checked=False)
+
+
+def _collections_text(collections: frozenset[str] | None) -> str:
+    return "(all)" if collections is None else ",".join(sorted(collections))
 
 
 def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
@@ -320,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete faces enrolled without a crop instead of failing",
     )
     reembed.set_defaults(handler=cmd_reembed)
+    _add_collection_argument(reembed)
 
     check = commands.add_parser(
         "check", help="check the gallery file for damage (service stopped); --repair moves it aside"
@@ -330,7 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="quarantine bad faces and salvage an unreadable file into a new one (nothing is deleted)",
     )
     check.set_defaults(handler=cmd_check)
+    _add_collection_argument(check)
     _add_migrate_parser(commands)
+    _add_archive_parsers(commands)
 
     keys = commands.add_parser("keys", help="manage API keys in FACE_DATA_DIR")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -339,6 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--scopes", nargs="+", required=True, help="read, enroll, admin (space or comma separated)"
     )
     create.add_argument("--name", default="", help="a label for the key")
+    create.add_argument(
+        "--collections",
+        nargs="+",
+        help="limit the key to these collections (space or comma separated: default and FACE_COLLECTIONS' "
+        "names; not with admin); without it the key may use every collection",
+    )
     create.set_defaults(handler=cmd_keys_create)
     listing = key_commands.add_parser("list", help="list keys (ids and scopes, never the keys)")
     listing.add_argument("--all", action="store_true", help="include revoked keys")
@@ -347,6 +494,27 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     revoke.set_defaults(handler=cmd_keys_revoke)
     return parser
+
+
+def _add_collection_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--collection",
+        default=DEFAULT_COLLECTION,
+        help="the collection's gallery (a FACE_COLLECTIONS name, with its pack; default: the default one)",
+    )
+
+
+def _in_collection(args: argparse.Namespace, settings: Settings) -> Settings | str:
+    """``settings`` for the gallery of ``--collection`` (where the service keeps it), or why not."""
+    name = getattr(args, "collection", DEFAULT_COLLECTION)
+    if name == DEFAULT_COLLECTION:
+        return settings
+    if name not in settings.collections:
+        declared = ", ".join([DEFAULT_COLLECTION, *sorted(settings.collections)])
+        return f"--collection {name!r} is not declared in FACE_COLLECTIONS (declared: {declared})"
+    from service.usecases.resources import collection_settings
+
+    return collection_settings(settings, name, settings.collections[name])
 
 
 def _settings_problem(error: ValidationError) -> str:
@@ -363,8 +531,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as error:
         return _fail(_settings_problem(error))
     _configure_logging(settings)
+    scoped = _in_collection(args, settings)
+    if isinstance(scoped, str):
+        return _fail(scoped)
     handler: Command = args.handler
-    return handler(args, settings)
+    return handler(args, scoped)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 
@@ -56,6 +57,21 @@ class SubjectScore(StrEnum):
     MEAN = "mean"  # mean of its faces' similarities
 
 
+# The gallery the routes without a collection (/v1/subjects, /v1/identify, ...) use: FACE_PACK's.
+DEFAULT_COLLECTION = "default"
+# A collection's name: the path segment of /v1/collections/{collection}/..., a folder and a schema name.
+COLLECTION_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
+# A pack folder's name under models_dir (FACE_PACK, and each collection's pack).
+PACK_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class DuplicateNames(StrEnum):
+    """What creating or renaming a subject to a name another subject has (trimmed, any case) does."""
+
+    FLAG = "flag"  # allowed; such subjects carry duplicate_name: true
+    REFUSE = "refuse"  # 409 duplicate_name, nothing written
+
+
 class Settings(BaseSettings):
     """Every knob of the service. Each field reads ``FACE_<FIELD NAME>`` from the environment."""
 
@@ -78,8 +94,14 @@ class Settings(BaseSettings):
     # --- storage
     data_dir: Path = Field(default_factory=default_data_dir)
     models_dir: Path = Field(default_factory=default_models_dir)
-    pack: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    pack: str = Field("default", pattern=PACK_NAME_PATTERN)
     store_crops: bool = True  # keep aligned crops so the gallery can be re-embedded
+    duplicate_names: DuplicateNames = DuplicateNames.FLAG
+    # Named galleries besides the default one, each pinned to its own pack: {"kiosk": "fast"} (JSON:
+    # collection name -> pack folder, as FACE_PACK names one). Served under /v1/collections/{name}/.
+    # Declared, not created through the API: every replica must serve the same collections, so adding
+    # one is a configuration change and a (rolling) restart (docs/api.md, "Collections").
+    collections: dict[str, str] = Field(default_factory=dict)
 
     # --- shared gallery (PostgreSQL). Unset: the embedded SQLite gallery in data_dir.
     # A libpq URL (postgresql://user:password@host:5432/db); secret because it may carry a password.
@@ -124,6 +146,8 @@ class Settings(BaseSettings):
 
     # --- input limits
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    # POST /v1/gallery/import only (an archive holds a whole gallery; spooled to a temp file, not memory)
+    max_import_bytes: int = Field(1024 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1024)
     max_images_per_request: int = Field(32, ge=1)
@@ -166,6 +190,23 @@ class Settings(BaseSettings):
                 f"FACE_DB_POOL_MIN_SIZE ({self.db_pool_min_size}) exceeds "
                 f"FACE_DB_POOL_MAX_SIZE ({self.db_pool_max_size})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _collections_are_well_named(self) -> Settings:
+        for name, pack in self.collections.items():
+            if not re.fullmatch(COLLECTION_NAME_PATTERN, name):
+                raise ValueError(
+                    f"FACE_COLLECTIONS: {name!r} is no collection name (lower-case letters, digits and _, "
+                    "starting with a letter, at most 40 characters)"
+                )
+            if name == DEFAULT_COLLECTION:
+                raise ValueError(
+                    f"FACE_COLLECTIONS: {DEFAULT_COLLECTION!r} is the gallery of FACE_PACK; name the "
+                    "collection otherwise"
+                )
+            if not re.fullmatch(PACK_NAME_PATTERN, pack):
+                raise ValueError(f"FACE_COLLECTIONS: collection {name!r}: {pack!r} is no pack folder name")
         return self
 
     @property

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.api.auth_middleware import CredentialsInUrlMiddleware, EarlyAuthMiddleware
@@ -19,7 +19,11 @@ from service.api.metrics import HttpMetrics, MetricsMiddleware
 from service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware, UnhandledErrorMiddleware
 from service.api.openapi import install_problem_openapi
 from service.api.routes import detect, embed, faces, health, identify, info, keys, subjects, verify
-from service.settings import Settings, load_settings
+from service.api.routes import gallery as gallery_routes
+from service.api.routes.collections import COLLECTION_NOT_FOUND, COLLECTION_PREFIX, collection_path
+from service.api.routes.collections import router as collections_router
+from service.api.routes.ui import install_console
+from service.settings import DEFAULT_COLLECTION, Settings, load_settings
 from service.usecases.metrics import ServiceMetrics
 from service.usecases.resources import ServiceResources, build_resources
 from service.usecases.threads import in_worker
@@ -29,16 +33,16 @@ logger = logging.getLogger(__name__)
 API_TITLE = "face-service"
 API_VERSION = "1"
 
-_ROUTERS = (
-    health.router,
-    info.router,
+_ROUTERS = (health.router, info.router, collections_router, keys.router)
+# One collection's gallery and pack: under /v1 (the default collection) and COLLECTION_PREFIX.
+_COLLECTION_ROUTERS = (
     detect.router,
     embed.router,
     verify.router,
     identify.router,
     subjects.router,
     faces.router,
-    keys.router,
+    gallery_routes.router,
 )
 
 
@@ -59,13 +63,23 @@ def create_app(settings: Settings | None = None, *, resources: ServiceResources 
             else await in_worker(build_resources, settings, service_metrics)
         )
         try:
-            async with ready.pipeline:
+            async with AsyncExitStack() as pipelines:
+                for pipeline in ready.pipelines:  # each collection's pack's batcher (shared ones once)
+                    await pipelines.enter_async_context(pipeline)
                 logger.info(
                     "ready: pack %s, providers %s, gallery %s faces",
                     ready.pack.manifest.id,
                     ready.pipeline.providers,
                     ready.gallery.counts().faces,
                 )
+                for name, collection in ready.collections.items():
+                    if name != DEFAULT_COLLECTION:
+                        logger.info(
+                            "collection %s: pack %s, gallery %s faces",
+                            name,
+                            collection.pack.manifest.id,
+                            collection.gallery.counts().faces,
+                        )
                 yield {RESOURCES_STATE: ready, HTTP_METRICS_STATE: http_metrics}
         finally:
             ready.close()
@@ -80,8 +94,18 @@ def create_app(settings: Settings | None = None, *, resources: ServiceResources 
     install_domain_error_handlers(app)
     for router in _ROUTERS:
         app.include_router(router)
+    for router in _COLLECTION_ROUTERS:
+        app.include_router(router, prefix="/v1")
+    for router in _COLLECTION_ROUTERS:
+        app.include_router(
+            router,
+            prefix=COLLECTION_PREFIX,
+            dependencies=[Depends(collection_path)],
+            responses=COLLECTION_NOT_FOUND,
+        )
     install_problem_openapi(app)
     install_offline_docs(app)
+    install_console(app)
 
     # Added last = outermost: the request id wraps everything, so every response (413s included) has it.
     # Inside out: a body is refused without a valid key before it is read; a key in the URL is refused
@@ -89,7 +113,11 @@ def create_app(settings: Settings | None = None, *, resources: ServiceResources 
     # exceptions become a 500 that keeps the connection (metrics count it as a 500).
     app.add_middleware(EarlyAuthMiddleware, metrics=http_metrics)
     app.add_middleware(CredentialsInUrlMiddleware)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_request_bytes,
+        path_limits=dict.fromkeys(_import_paths(settings), settings.max_import_bytes),
+    )
     app.add_middleware(MetricsMiddleware, metrics=http_metrics)
     app.add_middleware(UnhandledErrorMiddleware)
     if settings.cors_origins:
@@ -102,3 +130,12 @@ def create_app(settings: Settings | None = None, *, resources: ServiceResources 
         )
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _import_paths(settings: Settings) -> list[str]:
+    """Every collection's archive upload path (its body limit is FACE_MAX_IMPORT_BYTES)."""
+    names = [DEFAULT_COLLECTION, *settings.collections]
+    return [
+        gallery_routes.IMPORT_PATH,
+        *(COLLECTION_PREFIX.format(collection=name) + "/gallery/import" for name in names),
+    ]

@@ -14,6 +14,8 @@ from service.api.metrics import HttpMetrics
 from service.api.query_params import single_valued_query
 from service.auth.authenticator import Principal
 from service.auth.keys import Scope, grants
+from service.settings import DEFAULT_COLLECTION
+from service.usecases.errors import CollectionNotFoundError
 from service.usecases.resources import ServiceResources
 
 # auto_error=False: a missing key becomes our own 401 problem, not FastAPI's plain 403.
@@ -28,11 +30,38 @@ RESOURCES_STATE = "resources"
 HTTP_METRICS_STATE = "http_metrics"
 
 
-def get_resources(request: Request) -> ServiceResources:
+def get_service_resources(request: Request) -> ServiceResources:
+    """The service's resources: the default collection's, with every collection's in ``collections``."""
     resources = getattr(request.state, RESOURCES_STATE, None)
     if not isinstance(resources, ServiceResources):  # only before start-up finished or after shutdown
         raise ApiError(503, "unavailable", "the service is not ready")
     return resources
+
+
+def get_resources(request: Request) -> ServiceResources:
+    """The resources of the request's collection: ``/v1/collections/{collection}/...``, else the default.
+
+    An unknown collection is a 404 only for a caller whose key could use it: before that, the key is
+    checked as the route's scope dependency would (401; 403 for a key limited to other collections),
+    so an unknown caller cannot probe which collections exist.
+    """
+    service = get_service_resources(request)
+    collection = request_collection(request)
+    try:
+        return service.in_collection(collection)
+    except CollectionNotFoundError:
+        presented = presented_key(request.headers)
+        principal = getattr(request.state, AUTHENTICATED_STATE, None) or service.authenticator.authenticate(
+            presented
+        )
+        if principal is None:
+            error = unauthenticated_error(presented)
+            get_http_metrics(request).auth_failures.labels(reason=auth_failure_reason(error)).inc()
+            raise error from None
+        if not principal.may_use(collection):
+            get_http_metrics(request).auth_failures.labels(reason="collection").inc()
+            raise collection_not_allowed(principal, collection) from None
+        raise
 
 
 def get_http_metrics(request: Request) -> HttpMetrics:
@@ -43,6 +72,7 @@ def get_http_metrics(request: Request) -> HttpMetrics:
 
 
 Resources = Annotated[ServiceResources, Depends(get_resources)]
+ServiceResourcesDep = Annotated[ServiceResources, Depends(get_service_resources)]  # every collection's
 Metrics = Annotated[HttpMetrics, Depends(get_http_metrics)]
 
 
@@ -78,8 +108,25 @@ def auth_failure_reason(error: ApiError) -> str:
     return error.code.removesuffix("_api_key")
 
 
-def require_scope(needed: Scope) -> Callable[..., Principal]:
-    """A dependency that authenticates the caller and checks ``needed`` (admin implies every scope)."""
+def request_collection(request: Request) -> str:
+    """The collection a request is for: its ``{collection}`` path segment, else the default one."""
+    collection = request.path_params.get("collection")
+    return collection if isinstance(collection, str) else DEFAULT_COLLECTION
+
+
+def collection_not_allowed(principal: Principal, collection: str) -> ApiError:
+    allowed = ", ".join(sorted(principal.collections or ()))
+    return ApiError(
+        403,
+        "collection_not_allowed",
+        f"this key may use only the collections {allowed}; this request is for collection {collection!r}",
+    )
+
+
+def require_scope(needed: Scope | None, *, per_collection: bool = True) -> Callable[..., Principal]:
+    """A dependency that authenticates the caller and checks ``needed`` (admin implies every scope;
+    None: any valid key) and, ``per_collection``, that the key may use the request's collection (keys
+    limited to collections: docs/api.md, "Keys limited to collections")."""
 
     def dependency(
         request: Request,
@@ -98,18 +145,27 @@ def require_scope(needed: Scope) -> Callable[..., Principal]:
             error = unauthenticated_error(presented)
             metrics.auth_failures.labels(reason=auth_failure_reason(error)).inc()
             raise error
-        if not grants(principal.scopes, needed):
+        if needed is not None and not grants(principal.scopes, needed):
             metrics.auth_failures.labels(reason="scope").inc()
             held = ", ".join(sorted(scope.value for scope in principal.scopes))
             raise ApiError(
                 403, "insufficient_scope", f"this needs the {needed.value!r} scope; the key has: {held}"
             )
+        if per_collection and not principal.may_use(collection := request_collection(request)):
+            metrics.auth_failures.labels(reason="collection").inc()
+            raise collection_not_allowed(principal, collection)
         single_valued_query(request)  # after the key check: an unknown caller learns nothing from a 422
         return principal
 
     return dependency
 
 
+# Read and enroll routes work on one collection (the default one without a {collection} segment,
+# GET /v1/info included: it describes the default collection's pack and gallery).
 ReadAccess = Annotated[Principal, Depends(require_scope(Scope.READ))]
 EnrollAccess = Annotated[Principal, Depends(require_scope(Scope.ENROLL))]
-AdminAccess = Annotated[Principal, Depends(require_scope(Scope.ADMIN))]
+# Routes about no one collection (a listing of collections): the read scope, any collection limit.
+ServiceReadAccess = Annotated[Principal, Depends(require_scope(Scope.READ, per_collection=False))]
+# Admin keys are never limited to collections; /v1/keys/me answers any key about itself.
+AdminAccess = Annotated[Principal, Depends(require_scope(Scope.ADMIN, per_collection=False))]
+AnyKey = Annotated[Principal, Depends(require_scope(None, per_collection=False))]

@@ -19,10 +19,12 @@ from fastapi.responses import JSONResponse
 
 from service.api.errors import ApiError, FieldError, problem_response_for_scope
 from service.auth.keys import KeyStoreUnavailableError
+from service.gallery.archive import ArchiveError, ArchiveVersionError
 from service.gallery.gallery import EmptySubjectError
 from service.gallery.store import (
     FaceNotFoundError,
     GalleryError,
+    ImportClashError,
     InvalidCursorError,
     StoreUnavailableError,
     SubjectNotFoundError,
@@ -30,10 +32,19 @@ from service.gallery.store import (
 )
 from service.usecases.errors import (
     BusyError,
+    CollectionNotFoundError,
+    DuplicateNameRefusedError,
+    EmbeddingPackMismatchError,
+    FaceHasNoCropError,
     FaceIndexOutOfRangeError,
+    FacesWithoutCropError,
+    ImportConflictError,
+    InvalidEmbeddingError,
     InvalidImageError,
     InvalidVerifyRequestError,
+    KeyCollectionsRefusedError,
     KeyNotFoundError,
+    MetadataValueWithoutKeyError,
     NoFaceAcceptedError,
     NoFaceError,
     SelfMergeError,
@@ -136,8 +147,20 @@ DOMAIN_ERRORS: dict[type[Exception], ToProblem] = {
     NoFaceAcceptedError: _refusal(_always(422)),
     TooManyImagesError: _refusal(_always(413)),
     KeyNotFoundError: _refusal(_always(404)),
+    KeyCollectionsRefusedError: _refusal(_always(422)),
     SelfMergeError: _refusal(_always(422)),
+    InvalidEmbeddingError: _refusal(_always(422)),
+    EmbeddingPackMismatchError: _refusal(_always(409)),
+    DuplicateNameRefusedError: _refusal(_always(409)),
+    MetadataValueWithoutKeyError: _refusal(_always(422)),
+    FaceHasNoCropError: _refusal(_always(404)),
     TargetSubjectNotFoundError: _refusal(_always(404)),
+    ArchiveVersionError: _plain(422, "unsupported_archive_version", "file"),
+    ArchiveError: _plain(422, "invalid_archive", "file"),
+    ImportClashError: _plain(409, "import_conflict"),
+    ImportConflictError: _refusal(_always(409)),
+    FacesWithoutCropError: _refusal(_always(422)),
+    CollectionNotFoundError: _refusal(_always(404)),
 }
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import time
 
+from fastapi.routing import iter_route_contexts
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.asgi import HttpMiddleware
@@ -38,7 +40,7 @@ class HttpMetrics:
         )
         self.auth_failures = Counter(
             "face_auth_failures",
-            "Requests refused by authentication or scope.",
+            "Requests refused by authentication, scope or collection.",
             ["reason"],
             registry=registry,
         )
@@ -52,6 +54,14 @@ def _route_template(scope: Scope) -> str:
     # FastAPI's router puts the matched route in the scope; its path template keeps label cardinality
     # low, and every path that matches no route shares one label.
     route = scope.get("route")
+    if route is None:
+        return UNMATCHED_ROUTE
+    # That route is the one its router declared, without the prefix it was included under (a router
+    # included twice, under /v1 and /v1/collections/{collection}, has one route object): the app's
+    # route contexts know each include's full template.
+    for context in iter_route_contexts(getattr(scope.get("app"), "routes", ())):
+        if context.original_route is route and context.matches(scope)[0] is not Match.NONE:
+            return str(context.path_format)
     template = getattr(route, "path_format", None) or getattr(route, "path", None)
     return str(template) if template else UNMATCHED_ROUTE
 

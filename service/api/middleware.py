@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Mapping
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
@@ -48,17 +49,22 @@ class RequestTooLargeError(HTTPException):
 
 
 class BodySizeLimitMiddleware(HttpMiddleware):
-    """Refuse bodies over ``max_bytes``: at once from Content-Length, else while streaming."""
+    """Refuse bodies over ``max_bytes``: at once from Content-Length, else while streaming.
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    ``path_limits``: another limit for the requests to one exact path (a gallery archive's upload).
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, path_limits: Mapping[str, int] | None = None) -> None:
         super().__init__(app)
         self.max_bytes = max_bytes
+        self.path_limits = dict(path_limits or {})
 
     async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        max_bytes = self.path_limits.get(scope["path"], self.max_bytes)
         declared = Headers(scope=scope).get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+        if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
             detail = (
-                f"the request body of {declared} bytes exceeds the limit of {self.max_bytes} bytes"
+                f"the request body of {declared} bytes exceeds the limit of {max_bytes} bytes"
                 if declared.isdigit()
                 else "invalid Content-Length header"
             )
@@ -75,8 +81,8 @@ class BodySizeLimitMiddleware(HttpMiddleware):
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise RequestTooLargeError(self.max_bytes)
+                if received > max_bytes:
+                    raise RequestTooLargeError(max_bytes)
             return message
 
         await self.app(scope, limited_receive, send)

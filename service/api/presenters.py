@@ -14,10 +14,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.api.input_limits import unicode_problem, walk_json
 from service.api.schemas import (
     Box,
+    CallerKeyOut,
     CandidateOut,
+    CollectionList,
+    CollectionOut,
+    CollectionRef,
     ComparedFace,
     DetectedFaceOut,
     DetectResponse,
@@ -44,14 +47,17 @@ from service.api.schemas import (
 )
 from service.auth.keys import ApiKey
 from service.gallery.gallery import Candidate, ReplicationStatus
+from service.gallery.input_limits import unicode_problem, walk_json
 from service.gallery.store import UNREADABLE_METADATA_KEY, FaceRecord, Subject
 from service.pipeline.types import DetectedFace, FaceQuality
 from service.usecases import verify
+from service.usecases.collections import CollectionInfo
 from service.usecases.detect import DetectResult
 from service.usecases.embed import EmbedResult
 from service.usecases.enroll import EnrollmentResult, ImageOutcome
 from service.usecases.identify import IdentifyResult
 from service.usecases.info import ServiceInfo
+from service.usecases.keys import CallerKey
 from service.usecases.thresholds import ResolvedThreshold
 
 # Well below pydantic-core's serialization depth limit (~254) once the response's own nesting is added.
@@ -129,6 +135,7 @@ def subject_out(subject: Subject) -> SubjectOut:
         face_count=subject.face_count,
         created_at=subject.created_at,
         updated_at=subject.updated_at,
+        duplicate_name=subject.duplicate_name,
     )
 
 
@@ -158,10 +165,24 @@ def key_out(record: ApiKey) -> KeyOut:
         id=record.id,
         name=readable_name(record.name),
         scopes=sorted(record.scopes),
+        collections=_collections_out(record.collections),
         created_at=record.created_at,
         revoked_at=record.revoked_at,
         active=record.active,
     )
+
+
+def caller_key_out(key: CallerKey) -> CallerKeyOut:
+    return CallerKeyOut(
+        id=key.id,
+        name=readable_name(key.name),
+        scopes=sorted(key.scopes),
+        collections=_collections_out(key.collections),
+    )
+
+
+def _collections_out(collections: frozenset[str] | None) -> list[str] | None:
+    return None if collections is None else sorted(collections)
 
 
 def threshold_out(threshold: ResolvedThreshold) -> ThresholdOut:
@@ -284,6 +305,23 @@ def info_response(info: ServiceInfo) -> InfoResponse:
             replication=replication_out(info.replication),
         ),
         auth_enabled=info.auth_enabled,
+        collections=[CollectionRef(name=name, pack_id=pack_id) for name, pack_id in info.collections.items()],
+    )
+
+
+def collection_list(collections: list[CollectionInfo]) -> CollectionList:
+    return CollectionList(
+        collections=[
+            CollectionOut(
+                name=collection.name,
+                pack_id=collection.pack_id,
+                embedding_size=collection.embedding_size,
+                threshold=threshold_out(collection.threshold),
+                subjects=collection.gallery.subjects,
+                faces=collection.gallery.faces,
+            )
+            for collection in collections
+        ]
     )
 
 

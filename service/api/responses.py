@@ -8,7 +8,10 @@ from service.api.schemas import Problem
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "missing, unknown or revoked API key"},
-    403: {"model": Problem, "description": "the key lacks the needed scope"},
+    403: {
+        "model": Problem,
+        "description": "the key lacks the needed scope, or is limited to other collections",
+    },
 }
 
 IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from fastapi import UploadFile
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.config import JsonDict
 
-from service.api.input_limits import (
+from service.api.params import THRESHOLD_HELP
+from service.api.uploads import base64_payload
+from service.auth.keys import Scope
+from service.gallery.input_limits import (
     MAX_METADATA_BYTES,
     MAX_METADATA_DEPTH,
     MAX_METADATA_KEYS,
@@ -15,7 +19,7 @@ from service.api.input_limits import (
     check_metadata,
     check_name,
 )
-from service.auth.keys import Scope
+from service.settings import COLLECTION_NAME_PATTERN, FacePolicy
 
 _EXAMPLE_BOX: JsonDict = {"x1": 31.2, "y1": 28.9, "x2": 118.4, "y2": 131.0}
 _EXAMPLE_LANDMARKS: JsonDict = {
@@ -36,7 +40,7 @@ _EXAMPLE_QUALITY: JsonDict = {
 _EXAMPLE_SUBJECT_ID = "4f6c2d1e-3b5a-4c1e-9a7b-2d8e6f0a1b2c"
 _EXAMPLE_FACE_ID = "a81b7c52-6d0e-4f3a-b1c9-5e2d4f6a7b8c"
 
-# Stored text and JSON: checked before anything is written (service.api.input_limits says why).
+# Stored text and JSON: checked before anything is written (service.gallery.input_limits says why).
 _NAME_RULES = "no control characters (NUL, CR/LF, ESC, ...), line separators or bidi controls"
 SubjectName = Annotated[
     str,
@@ -299,6 +303,7 @@ class SubjectOut(_Out):
                     "face_count": 5,
                     "created_at": "2025-01-31T10:15:02+00:00",
                     "updated_at": "2025-01-31T10:15:02+00:00",
+                    "duplicate_name": False,
                 }
             ]
         }
@@ -309,6 +314,10 @@ class SubjectOut(_Out):
     face_count: int
     created_at: str
     updated_at: str
+    duplicate_name: bool = Field(
+        description="another subject has the same name now (trimmed, ignoring case): worked out when "
+        "the subject is read, so it turns false once the other one is renamed or deleted"
+    )
 
 
 class SubjectPage(_Out):
@@ -388,18 +397,34 @@ class FaceMove(_In):
 # --- keys
 
 
+_KEY_COLLECTIONS_HELP = "the collections the key may use; null: every collection"
+
+
 class KeyCreate(_In):
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"name": "kiosk-3", "scopes": ["read"]}]}
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"name": "kiosk-3", "scopes": ["read"]},
+                {"name": "kiosk-4", "scopes": ["read", "enroll"], "collections": ["kiosk"]},
+            ]
+        },
     )
     name: KeyName = ""
     scopes: list[Scope] = Field(min_length=1)
+    collections: list[Annotated[str, Field(pattern=COLLECTION_NAME_PATTERN)]] | None = Field(
+        None,
+        min_length=1,
+        description=f"{_KEY_COLLECTIONS_HELP} (the default). Only configured collections (and "
+        "default); never with the admin scope",
+    )
 
 
 class KeyOut(_Out):
     id: str
     name: str
     scopes: list[Scope]
+    collections: list[str] | None = Field(description=_KEY_COLLECTIONS_HELP)
     created_at: str
     revoked_at: str | None
     active: bool
@@ -411,6 +436,15 @@ class KeyCreated(KeyOut):
 
 class KeyList(_Out):
     keys: list[KeyOut]
+
+
+class CallerKeyOut(_Out):
+    """The key a request was made with (``GET /v1/keys/me``)."""
+
+    id: str = Field(description='the key\'s id; "env" for FACE_API_KEY, "auth-disabled" with auth off')
+    name: str
+    scopes: list[Scope] = Field(description="admin implies every other scope")
+    collections: list[str] | None = Field(description=_KEY_COLLECTIONS_HELP)
 
 
 # --- service
@@ -440,6 +474,24 @@ class GalleryInfo(_Out):
     replication: ReplicationOut | None = None
 
 
+class CollectionRef(_Out):
+    name: str = Field(
+        description='the path segment of /v1/collections/{collection}/...; "default": the /v1/... routes'
+    )
+    pack_id: str
+
+
+class CollectionOut(CollectionRef):
+    embedding_size: int
+    threshold: ThresholdOut = Field(description="the threshold used when a request names none (its pack's)")
+    subjects: int
+    faces: int
+
+
+class CollectionList(_Out):
+    collections: list[CollectionOut] = Field(description="the default collection first, then by name")
+
+
 class InfoResponse(_Out):
     pack_id: str
     pack_description: str
@@ -452,6 +504,9 @@ class InfoResponse(_Out):
     subject_score: str
     gallery: GalleryInfo
     auth_enabled: bool
+    collections: list[CollectionRef] = Field(
+        description="every collection the service serves, the default one (this answer's) first"
+    )
 
 
 class HealthResponse(_Out):
@@ -495,3 +550,185 @@ class Problem(_Out):
     instance: str
     request_id: str | None
     errors: list[ProblemFieldError]
+
+
+# --- image requests: a multipart form or a JSON body, the same fields (service.api.request_bodies)
+
+_IMAGE_HELP = "JPEG, PNG, WebP, BMP, TIFF or PGM/PPM"
+_BASE64_HELP = (
+    "the image file, base64 (standard alphabet, padded; line breaks allowed) or a data: URL "
+    "(data:image/jpeg;base64,...); URLs are refused, never fetched"
+)
+_FACE_POLICY_HELP = (
+    "which face to use: largest, centre (nearest the centre, weighted by size) or score (most "
+    "confident); default: the FACE_FACE_POLICY setting"
+)
+_EXAMPLE_BASE64 = "data:image/jpeg;base64,/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsL..."
+Base64Image = Annotated[str, Field(description=_BASE64_HELP), AfterValidator(base64_payload)]
+_MAX_FACE_INDEX = 999
+Threshold = Annotated[str | None, Field(max_length=64, description=THRESHOLD_HELP)]
+
+
+class ImageForm(BaseModel):
+    image: UploadFile = Field(description=_IMAGE_HELP)
+
+
+class ImageJson(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"image": _EXAMPLE_BASE64}]})
+    image: Base64Image
+
+
+class _VerifyFields(BaseModel):
+    subject_id: str | None = Field(None, max_length=64, description="enrolled subject (subject mode)")
+    face_index_a: int | None = Field(
+        None, ge=0, le=_MAX_FACE_INDEX, description="face of image_a/image, largest first; unset: face_policy"
+    )
+    face_index_b: int | None = Field(
+        None, ge=0, le=_MAX_FACE_INDEX, description="face of image_b, largest first; unset: face_policy"
+    )
+    face_policy: FacePolicy | None = Field(None, description=_FACE_POLICY_HELP)
+    threshold: Threshold = None
+
+
+class VerifyForm(_VerifyFields):
+    image_a: UploadFile | None = Field(None, description="first image (pair mode)")
+    image_b: UploadFile | None = Field(None, description="second image (pair mode)")
+    image: UploadFile | None = Field(None, description="probe image (subject mode)")
+
+
+class VerifyJson(_VerifyFields):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"image_a": _EXAMPLE_BASE64, "image_b": _EXAMPLE_BASE64}]},
+    )
+    image_a: Base64Image | None = Field(None, description="first image (pair mode); " + _BASE64_HELP)
+    image_b: Base64Image | None = Field(None, description="second image (pair mode); " + _BASE64_HELP)
+    image: Base64Image | None = Field(None, description="probe image (subject mode); " + _BASE64_HELP)
+
+
+class _IdentifyFields(BaseModel):
+    top_k: int | None = Field(
+        None, ge=1, le=100, description="subjects per face (default FACE_IDENTIFY_TOP_K)"
+    )
+    largest_only: bool = Field(
+        False, description="only one face: the one face_policy chooses (the name predates the policy)"
+    )
+    face_policy: FacePolicy | None = Field(None, description=_FACE_POLICY_HELP)
+    threshold: Threshold = None
+
+
+class IdentifyForm(_IdentifyFields):
+    image: UploadFile = Field(description=_IMAGE_HELP)
+
+
+class IdentifyJson(_IdentifyFields):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"image": _EXAMPLE_BASE64, "top_k": 3}]}
+    )
+    image: Base64Image
+
+
+_ENROLL_POLICY_HELP = (
+    "for images with several faces of enrollment size: enroll the one this policy chooses (largest, "
+    "centre, score); unset: such images are refused (multiple_faces)"
+)
+
+
+class _EnrollFields(BaseModel):
+    face_policy: FacePolicy | None = Field(None, description=_ENROLL_POLICY_HELP)
+
+
+class EnrollForm(_EnrollFields):
+    images: list[UploadFile] = Field(description="one or more images, one person each")
+
+
+class EnrollJson(_EnrollFields):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"images": [_EXAMPLE_BASE64, _EXAMPLE_BASE64]}]}
+    )
+    images: list[Base64Image] = Field(min_length=1, description="one or more images, one person each")
+
+
+# --- search by embedding
+
+
+class IdentifyEmbeddingRequest(_In):
+    # strict: a number sent as a string is refused, as the schema says
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [{"embedding": [0.0123, -0.0456, 0.0789], "pack_id": "default-1a2b3c4d", "top_k": 3}]
+        },
+    )
+    embedding: list[float] = Field(
+        min_length=1,
+        max_length=4096,
+        description="the pack's embedding size, finite, not all zero; normalized to unit length here",
+    )
+    pack_id: str = Field(
+        min_length=1, max_length=200, description="the pack that made the embedding (`pack_id` of /v1/embed)"
+    )
+    top_k: int | None = Field(
+        None, ge=1, le=100, description="subjects to return (default FACE_IDENTIFY_TOP_K)"
+    )
+    threshold: Threshold = None
+
+
+class IdentifyEmbeddingResponse(_Out):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "threshold": {"name": "default", "value": 0.84},
+                    "top_k": 3,
+                    "unknown": False,
+                    "candidates": [
+                        {
+                            "subject_id": _EXAMPLE_SUBJECT_ID,
+                            "name": "John Simm",
+                            "similarity": 0.93,
+                            "face_id": _EXAMPLE_FACE_ID,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    threshold: ThresholdOut
+    top_k: int
+    unknown: bool = Field(description="no subject reached the threshold")
+    candidates: list[CandidateOut] = Field(description="best first, at most top_k, all >= threshold")
+
+
+class GalleryImportResponse(_Out):
+    """What ``POST /v1/gallery/import`` did (service/usecases/gallery_archive.py)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "source_pack_id": "sface-retinaface-4836e287",
+                    "pack_id": "sface-retinaface-4836e287",
+                    "subjects": 5,
+                    "faces": 25,
+                    "reembedded": 0,
+                    "skipped_subjects": 0,
+                    "skipped_faces": 0,
+                    "skipped_without_crop": 0,
+                    "new_subject_ids": {},
+                    "new_face_ids": {},
+                }
+            ]
+        }
+    )
+    source_pack_id: str = Field(description="the pack that made the archive's embeddings")
+    pack_id: str = Field(description="this gallery's pack")
+    subjects: int = Field(description="subjects imported")
+    faces: int = Field(description="faces imported (searchable once this answer is sent)")
+    reembedded: int = Field(description="of those, re-embedded from their crops (another pack's archive)")
+    skipped_subjects: int = Field(description="subjects left out, their id taken (on_conflict=skip)")
+    skipped_faces: int = Field(description="faces left out: id taken, or of a skipped subject")
+    skipped_without_crop: int = Field(description="faces left out: no crop to re-embed")
+    new_subject_ids: dict[str, str] = Field(description="archive id -> new id (on_conflict=new-ids)")
+    new_face_ids: dict[str, str] = Field(description="archive id -> new id (on_conflict=new-ids)")

@@ -29,10 +29,14 @@ AUTH_OFF_KEY_ID = "auth-disabled"
 
 @dataclass(frozen=True)
 class Principal:
-    """The authenticated caller: a key id (never the key) and its scopes."""
+    """The authenticated caller: a key id (never the key), its scopes and the collections it may use."""
 
     key_id: str
     scopes: frozenset[Scope]
+    collections: frozenset[str] | None = None  # None: every collection (FACE_API_KEY, auth off)
+
+    def may_use(self, collection: str) -> bool:
+        return self.collections is None or collection in self.collections
 
 
 class Authenticator:
@@ -54,7 +58,7 @@ class Authenticator:
         if self._explicit_key_sha256 is not None and key_matches(presented, self._explicit_key_sha256):
             return Principal(ENV_KEY_ID, frozenset({Scope.ADMIN}))
         record: ApiKey | None = self.store.authenticate(presented)
-        return None if record is None else Principal(record.id, record.scopes)
+        return None if record is None else Principal(record.id, record.scopes, record.collections)
 
     def store_ready(self) -> bool:
         """Readiness: the key store reads cleanly (trivially true with auth off)."""

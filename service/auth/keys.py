@@ -8,6 +8,12 @@ data dir, ``SqliteKeyStore``) for one process, or in the shared PostgreSQL datab
 all. Either way the CLI can create or revoke keys while the server runs and the server sees the change
 on the next request.
 
+A key may be limited to collections (named galleries, ``FACE_COLLECTIONS``): ``ApiKey.collections``
+holds their names, None for every collection (every key made before the limit existed). Admin keys are
+never limited: they manage every collection's keys. The SQLite file gained its ``collections`` column
+later: opening a file without it for writing adds it (``ALTER TABLE``), and readers take a missing column
+as "every collection", so an older file keeps working even where it cannot be written.
+
 SQLite authentication only reads: a read-only connection, no schema statements, and a rollback journal
 (not WAL, whose readers need a -shm file), so that stored keys keep working on a full disk. Any
 row or file that cannot be read is "no such key" (401) for the request and a failed check for start
@@ -33,6 +39,7 @@ from typing import Protocol
 
 from service.postgres.pool import DatabaseUnavailableError
 from service.private_files import ensure_private_dir, ensure_private_file
+from service.settings import COLLECTION_NAME_PATTERN, DEFAULT_COLLECTION, Settings
 from service.sqlite_text import lenient_text
 
 logger = logging.getLogger(__name__)
@@ -49,12 +56,16 @@ CREATE TABLE IF NOT EXISTS api_keys (
     scopes TEXT NOT NULL,
     key_sha256 TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    revoked_at TEXT
+    revoked_at TEXT,
+    collections TEXT
 )
 """
-_COLUMNS = ("id", "name", "scopes", "key_sha256", "created_at", "revoked_at")
+# A file made before keys could be limited to collections: the same table without the last column.
+_LEGACY_COLUMNS = ("id", "name", "scopes", "key_sha256", "created_at", "revoked_at")
+_COLUMNS = (*_LEGACY_COLUMNS, "collections")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _KEY_ID_HEX = re.compile(rf"[0-9a-f]{{{2 * _KEY_ID_BYTES}}}")
+_COLLECTION_NAME = re.compile(COLLECTION_NAME_PATTERN)
 
 
 class Scope(StrEnum):
@@ -65,6 +76,15 @@ class Scope(StrEnum):
 
 class KeyStoreError(ValueError):
     """A key operation that cannot be done (unknown key, bad scopes)."""
+
+
+class KeyCollectionsError(KeyStoreError):
+    """Collections a key cannot be limited to; ``code`` says why (for the API's problem body)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
 
 
 class KeyStoreCorruptError(KeyStoreError):
@@ -113,6 +133,56 @@ def parse_scopes(values: Iterable[str]) -> frozenset[Scope]:
         raise KeyStoreError(f"unknown scope in {names}; known scopes: {known}") from None
 
 
+def parse_collections(values: Iterable[str]) -> frozenset[str]:
+    """Collection names from strings such as ``["kiosk", "default"]`` or ``["kiosk,default"]``."""
+    return frozenset(part.strip() for value in values for part in value.split(",") if part.strip())
+
+
+def known_collections(settings: Settings) -> frozenset[str]:
+    """The collections a new key may be limited to: the default one and every configured one."""
+    return frozenset({DEFAULT_COLLECTION, *settings.collections})
+
+
+def key_collections(
+    scopes: frozenset[Scope], collections: Iterable[str] | None, known: Iterable[str] | None = None
+) -> frozenset[str] | None:
+    """The collections a key with ``scopes`` is limited to (None: every collection), checked.
+
+    KeyCollectionsError for an empty set, a malformed name, an admin key (admin keys manage every
+    collection's keys, so they are never limited) or, when ``known`` is given, a collection not in it.
+    """
+    if collections is None:
+        return None
+    names = frozenset(collections)
+    if not names:
+        raise KeyCollectionsError(
+            "no_collections", "a key limited to collections needs at least one; leave it out for every one"
+        )
+    malformed = sorted(name for name in names if not _COLLECTION_NAME.fullmatch(name))
+    if malformed:
+        raise KeyCollectionsError(
+            "invalid_collection_name",
+            f"malformed collection names {malformed[:3]} (a lowercase letter, then up to 39 lowercase "
+            "letters, digits or _)",
+        )
+    if Scope.ADMIN in scopes:
+        raise KeyCollectionsError(
+            "admin_key_collections",
+            "admin keys cannot be limited to collections (they manage every collection's keys); "
+            "leave the collections out or drop the admin scope",
+        )
+    if known is not None:
+        known_names = frozenset(known)
+        unknown = sorted(names - known_names)
+        if unknown:
+            raise KeyCollectionsError(
+                "unknown_collection",
+                f"no collection named {', '.join(unknown)} "
+                f"(the collections: {', '.join(sorted(known_names))})",
+            )
+    return names
+
+
 def grants(scopes: frozenset[Scope], needed: Scope) -> bool:
     """Whether a key with ``scopes`` may do what ``needed`` guards (admin implies all)."""
     return Scope.ADMIN in scopes or needed in scopes
@@ -154,6 +224,7 @@ class ApiKey:
     scopes: frozenset[Scope]
     created_at: str
     revoked_at: str | None = None
+    collections: frozenset[str] | None = None  # None: every collection
 
     @property
     def active(self) -> bool:
@@ -197,6 +268,10 @@ def check_importable(key: StoredKey) -> tuple[datetime, datetime | None]:
         raise KeyStoreError(f"key {record.id} to import has a malformed hash")
     if not record.scopes:
         raise KeyStoreError(f"key {record.id} to import has no scopes")
+    try:
+        key_collections(record.scopes, record.collections)
+    except KeyCollectionsError as error:
+        raise KeyStoreError(f"key {record.id} to import: {error}") from None
     created = _stored_time(record.created_at, record.id, "created_at")
     revoked = None if record.revoked_at is None else _stored_time(record.revoked_at, record.id, "revoked_at")
     return created, revoked
@@ -223,6 +298,23 @@ def _scopes_text(scopes: frozenset[Scope]) -> str:
     return ",".join(sorted(scope.value for scope in scopes))
 
 
+def _collections_text(collections: frozenset[str] | None) -> str | None:
+    return None if collections is None else ",".join(sorted(collections))
+
+
+def _stored_collections(row: sqlite3.Row, scopes: frozenset[Scope]) -> frozenset[str] | None:
+    """A row's collections: NULL, or a column the file does not have yet, is every collection."""
+    text = row["collections"] if "collections" in row.keys() else None  # noqa: SIM118 (`in row`: values)
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise KeyStoreError(f"key {row['id']} has non-text collections")
+    try:
+        return key_collections(scopes, text.split(","))
+    except KeyCollectionsError as error:
+        raise KeyStoreError(f"key {row['id']} has bad collections: {error}") from None
+
+
 def _row_to_key(row: sqlite3.Row) -> ApiKey:
     """The record of a stored row; raises KeyStoreError for a row this service would not write."""
     if not isinstance(row["id"], str) or not _KEY_ID_HEX.fullmatch(row["id"]):
@@ -234,12 +326,14 @@ def _row_to_key(row: sqlite3.Row) -> ApiKey:
             raise KeyStoreError(f"key {row['id']} has a non-text {column}")
     if row["revoked_at"] is not None and not isinstance(row["revoked_at"], str):
         raise KeyStoreError(f"key {row['id']} has a non-text revoked_at")
+    scopes = parse_scopes([row["scopes"]])
     return ApiKey(
         id=row["id"],
         name=row["name"],
-        scopes=parse_scopes([row["scopes"]]),
+        scopes=scopes,
         created_at=row["created_at"],
         revoked_at=row["revoked_at"],
+        collections=_stored_collections(row, scopes),
     )
 
 
@@ -263,7 +357,11 @@ class KeyStore(Protocol):
         """Whether ``check`` passes and the store can be reached (readiness); never raises."""
         ...
 
-    def create(self, scopes: frozenset[Scope], name: str = "") -> CreatedKey: ...
+    def create(
+        self, scopes: frozenset[Scope], name: str = "", collections: frozenset[str] | None = None
+    ) -> CreatedKey:
+        """A new key; ``collections`` limits it (None: every collection; KeyCollectionsError if bad)."""
+        ...
 
     def create_if_empty(self, scopes: frozenset[Scope], name: str = "") -> CreatedKey | None:
         """A new key only when the store holds none, atomically across processes (else None)."""
@@ -328,6 +426,7 @@ class SqliteKeyStore:
             conn.execute("PRAGMA journal_mode=DELETE")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(_SCHEMA)
+            _add_collections_column(conn)
             with conn:  # one transaction, committed on success
                 yield conn
         finally:
@@ -353,8 +452,8 @@ class SqliteKeyStore:
                 verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
                 if verdict != "ok":
                     raise KeyStoreCorruptError.in_file(self.path, f"integrity check: {verdict}")
-                columns = tuple(row["name"] for row in conn.execute("PRAGMA table_info(api_keys)"))
-                if columns != _COLUMNS:
+                columns = _table_columns(conn)
+                if columns not in (_COLUMNS, _LEGACY_COLUMNS):  # an older file: every key unlimited
                     raise KeyStoreCorruptError.in_file(
                         self.path, f"table api_keys has columns {columns or 'none'}"
                     )
@@ -376,15 +475,26 @@ class SqliteKeyStore:
             return False
         return True
 
-    def create(self, scopes: frozenset[Scope], name: str = "") -> CreatedKey:
+    def create(
+        self, scopes: frozenset[Scope], name: str = "", collections: frozenset[str] | None = None
+    ) -> CreatedKey:
         if not scopes:
             raise KeyStoreError("at least one scope is needed (read, enroll, admin)")
+        limited = key_collections(scopes, collections)
         key_id, key = generate_key()
-        record = ApiKey(id=key_id, name=name, scopes=scopes, created_at=_now())
+        record = ApiKey(id=key_id, name=name, scopes=scopes, created_at=_now(), collections=limited)
         with self._connect() as conn:
             conn.execute(
-                "INSERT INTO api_keys (id, name, scopes, key_sha256, created_at) VALUES (?, ?, ?, ?, ?)",
-                (record.id, record.name, _scopes_text(scopes), hash_key(key), record.created_at),
+                "INSERT INTO api_keys (id, name, scopes, key_sha256, created_at, collections) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.name,
+                    _scopes_text(scopes),
+                    hash_key(key),
+                    record.created_at,
+                    _collections_text(limited),
+                ),
             )
         return CreatedKey(record=record, key=key)
 
@@ -480,6 +590,7 @@ class SqliteKeyStore:
                 key.key_sha256,
                 key.record.created_at,
                 key.record.revoked_at,
+                _collections_text(key.record.collections),
             )
             for key in keys
         ]
@@ -491,10 +602,28 @@ class SqliteKeyStore:
                 keys, (str(row[0]) for row in conn.execute("SELECT id FROM api_keys")), str(self.path)
             )
             conn.executemany(
-                "INSERT INTO api_keys (id, name, scopes, key_sha256, created_at, revoked_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO api_keys (id, name, scopes, key_sha256, created_at, revoked_at, collections) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
     def close(self) -> None:
         """Nothing to release: every operation opens and closes its own connection."""
+
+
+def _table_columns(conn: sqlite3.Connection) -> tuple[str, ...]:
+    return tuple(str(row[1]) for row in conn.execute("PRAGMA table_info(api_keys)"))
+
+
+def _add_collections_column(conn: sqlite3.Connection) -> None:
+    """Give a file made before keys had collections its column (NULL: every collection, as before).
+
+    Under the write lock and checked again inside it: two processes opening the old file together
+    add the column once. Any other shape is left alone for ``check`` to refuse.
+    """
+    if _table_columns(conn) != _LEGACY_COLUMNS:
+        return
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        if _table_columns(conn) == _LEGACY_COLUMNS:
+            conn.execute("ALTER TABLE api_keys ADD COLUMN collections TEXT")

@@ -26,6 +26,7 @@ from psycopg_pool import ConnectionPool
 from service.auth.keys import (
     ApiKey,
     CreatedKey,
+    KeyCollectionsError,
     KeyStoreCorruptError,
     KeyStoreError,
     KeyStoreUnavailableError,
@@ -34,6 +35,7 @@ from service.auth.keys import (
     check_importable,
     generate_key,
     hash_key,
+    key_collections,
     key_id_of,
     key_matches,
     parse_scopes,
@@ -71,9 +73,28 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    # NULL: every collection (all keys made before). Constrained as the service checks it (the name
+    # pattern is COLLECTION_NAME_PATTERN's, written out: a migration never changes once applied).
+    Migration(
+        2,
+        "api_keys.collections: a key limited to named collections (NULL: every collection)",
+        """
+        ALTER TABLE api_keys ADD COLUMN collections TEXT[]
+            CHECK (
+                collections IS NULL
+                OR (
+                    cardinality(collections) > 0
+                    AND array_position(collections, NULL) IS NULL
+                    AND array_to_string(collections, ',')
+                        ~ '^[a-z][a-z0-9_]{0,39}(,[a-z][a-z0-9_]{0,39})*$'
+                    AND NOT 'admin' = ANY(scopes)
+                )
+            );
+        """,
+    ),
 )
 
-_COLUMNS = ("id", "name", "scopes", "key_sha256", "created_at", "revoked_at")
+_COLUMNS = ("id", "name", "scopes", "key_sha256", "created_at", "revoked_at", "collections")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM api_keys"
 _KEY_ID_HEX = re.compile(r"[0-9a-f]{12}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -100,13 +121,30 @@ def _record_from_row(row: Mapping[str, object]) -> ApiKey:
     created_at, revoked_at = row["created_at"], row["revoked_at"]
     if not isinstance(created_at, datetime) or not isinstance(revoked_at, datetime | None):
         raise KeyStoreError(f"key {key_id} has a malformed timestamp")
+    parsed_scopes = parse_scopes(scopes)
     return ApiKey(
         id=key_id,
         name=row["name"],
-        scopes=parse_scopes(scopes),
+        scopes=parsed_scopes,
         created_at=_timestamp_text(created_at),
         revoked_at=None if revoked_at is None else _timestamp_text(revoked_at),
+        collections=_stored_collections(key_id, parsed_scopes, row["collections"]),
     )
+
+
+def _stored_collections(key_id: str, scopes: frozenset[Scope], value: object) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise KeyStoreError(f"key {key_id} has malformed collections")
+    try:
+        return key_collections(scopes, value)
+    except KeyCollectionsError as error:
+        raise KeyStoreError(f"key {key_id} has bad collections: {error}") from None
+
+
+def _collections_array(collections: frozenset[str] | None) -> list[str] | None:
+    return None if collections is None else sorted(collections)
 
 
 class PostgresKeyStore:
@@ -166,11 +204,14 @@ class PostgresKeyStore:
             return False
         return True
 
-    def create(self, scopes: frozenset[Scope], name: str = "") -> CreatedKey:
+    def create(
+        self, scopes: frozenset[Scope], name: str = "", collections: frozenset[str] | None = None
+    ) -> CreatedKey:
         if not scopes:
             raise KeyStoreError("at least one scope is needed (read, enroll, admin)")
+        limited = key_collections(scopes, collections)
         with self._transaction() as cursor:
-            return self._insert(cursor, scopes, name)
+            return self._insert(cursor, scopes, name, limited)
 
     def create_if_empty(self, scopes: frozenset[Scope], name: str = "") -> CreatedKey | None:
         """Count and insert under a transaction-scoped advisory lock: one key however many replicas race."""
@@ -180,15 +221,23 @@ class PostgresKeyStore:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_LOCK_KEY,))
             if _count(cursor) > 0:
                 return None
-            return self._insert(cursor, scopes, name)
+            return self._insert(cursor, scopes, name, None)
 
     @staticmethod
-    def _insert(cursor: Cursor, scopes: frozenset[Scope], name: str) -> CreatedKey:
+    def _insert(
+        cursor: Cursor, scopes: frozenset[Scope], name: str, collections: frozenset[str] | None
+    ) -> CreatedKey:
         key_id, key = generate_key()
         row = cursor.execute(
-            f"INSERT INTO api_keys (id, name, scopes, key_sha256) VALUES (%s, %s, %s, %s) "
+            f"INSERT INTO api_keys (id, name, scopes, key_sha256, collections) VALUES (%s, %s, %s, %s, %s) "
             f"RETURNING {', '.join(_COLUMNS)}",
-            (key_id, name, sorted(scope.value for scope in scopes), hash_key(key)),
+            (
+                key_id,
+                name,
+                sorted(scope.value for scope in scopes),
+                hash_key(key),
+                _collections_array(collections),
+            ),
         ).fetchone()
         if row is None:  # INSERT ... RETURNING returns its row or raises
             raise KeyStoreError(f"key {key_id} was not stored")
@@ -256,6 +305,7 @@ class PostgresKeyStore:
                 sorted(scope.value for scope in key.record.scopes),
                 key.key_sha256,
                 *check_importable(key),
+                _collections_array(key.record.collections),
             )
             for key in keys
         ]
@@ -266,8 +316,9 @@ class PostgresKeyStore:
             refuse_clashes(keys, (str(row["id"]) for row in cursor.execute("SELECT id FROM api_keys")), where)
             try:
                 cursor.executemany(
-                    "INSERT INTO api_keys (id, name, scopes, key_sha256, created_at, revoked_at) "
-                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    "INSERT INTO api_keys "
+                    "(id, name, scopes, key_sha256, created_at, revoked_at, collections) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
                     rows,
                 )
             except psycopg.errors.UniqueViolation as error:  # a key made meanwhile by another replica

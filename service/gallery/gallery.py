@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -47,9 +47,11 @@ from service.gallery.store import (
     NewFace,
     OpenedStore,
     PackMismatchError,
+    PortableFace,
     StoredCrop,
     StoreUnavailableError,
     Subject,
+    SubjectFilter,
     SubjectPage,
 )
 from service.pipeline.types import FloatArray
@@ -257,19 +259,28 @@ class Gallery:
 
     # ------------------------------------------------------------------ subjects (store only)
 
-    def create_subject(self, name: str, metadata: Mapping[str, Any] | None = None) -> Subject:
-        return self._store.create_subject(name, metadata)
+    def create_subject(
+        self, name: str, metadata: Mapping[str, Any] | None = None, *, unique_name: bool = False
+    ) -> Subject:
+        return self._store.create_subject(name, metadata, unique_name=unique_name)
 
     def get_subject(self, subject_id: str) -> Subject:
         return self._store.get_subject(subject_id)
 
-    def list_subjects(self, cursor: str | None = None, limit: int = 50) -> SubjectPage:
-        return self._store.list_subjects(cursor, limit)
+    def list_subjects(
+        self, cursor: str | None = None, limit: int = 50, where: SubjectFilter | None = None
+    ) -> SubjectPage:
+        return self._store.list_subjects(cursor, limit, where)
 
     def update_subject(
-        self, subject_id: str, *, name: str | None = None, metadata: Mapping[str, Any] | None = None
+        self,
+        subject_id: str,
+        *,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        unique_name: bool = False,
     ) -> Subject:
-        return self._store.update_subject(subject_id, name=name, metadata=metadata)
+        return self._store.update_subject(subject_id, name=name, metadata=metadata, unique_name=unique_name)
 
     def list_faces(self, subject_id: str) -> list[FaceRecord]:
         return self._store.list_faces(subject_id)
@@ -279,6 +290,15 @@ class Gallery:
 
     def get_crop(self, face_id: str) -> StoredCrop | None:
         return self._store.get_crop(face_id)
+
+    def subject_embeddings(self, subject_id: str) -> FloatArray:
+        """(n, D) embeddings of one subject's faces, in ``list_faces`` order (index-id order)."""
+        return self._store.subject_embeddings(subject_id)
+
+    def existing_ids(
+        self, subject_ids: Collection[str], face_ids: Collection[str]
+    ) -> tuple[set[str], set[str]]:
+        return self._store.existing_ids(subject_ids, face_ids)
 
     # ------------------------------------------------------------------ changes (store + index)
 
@@ -327,6 +347,25 @@ class Gallery:
             moved = self._store.move_face(face_id, subject_id)
             self._update_index(lambda: None)
         return moved
+
+    def import_faces(self, subjects: Sequence[Subject], faces: Iterable[PortableFace]) -> list[FaceRecord]:
+        """Commit imported subjects and faces in one store transaction (``import_gallery``: all or
+        nothing), then make the faces searchable; the lock is held throughout, as for ``add_faces``."""
+        embeddings: list[FloatArray] = []
+
+        def kept() -> Iterator[PortableFace]:
+            for face in faces:
+                embeddings.append(np.asarray(face.embedding, dtype=np.float32))
+                yield face
+
+        with self._lock:
+            self._refuse_if_repinned()
+            records = self._store.import_gallery(subjects, kept())
+            if records:
+                self._update_index(
+                    lambda: self._index.add([record.index_id for record in records], np.stack(embeddings))
+                )
+        return records
 
     def rebuild_index(self) -> None:
         with self._lock:

@@ -261,7 +261,8 @@ def compare_keys(source: Sequence[StoredKey], target: Sequence[StoredKey]) -> li
     changed = sorted(key_id for key_id in left.keys() & right.keys() if left[key_id] != right[key_id])
     if changed:
         found.append(
-            f"{len(changed)} API keys with a different hash, name, scopes or time: {_examples(changed)}"
+            f"{len(changed)} API keys with a different hash, name, scopes, collections or time: "
+            f"{_examples(changed)}"
         )
     return found
 

@@ -15,6 +15,9 @@ Tables mirror the SQLite gallery's (meta, subjects, faces, face_crops), with emb
 Embeddings have the pack's size, known only at pin time, so the column is ``vector`` without a
 dimension; the optional HNSW index (FACE_SEARCH=pgvector) is an expression index on
 ``embedding::vector(D)``, made when the gallery is pinned (``hnsw_index_sql``).
+
+Migration 2 adds ``subjects.name_key`` (``store.name_key``: what name search and duplicate names
+compare) with its index, and a GIN index on the metadata for the listing's key/value filters.
 """
 
 from __future__ import annotations
@@ -70,6 +73,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             removed BIGINT[] NOT NULL DEFAULT '{}',
             reset BOOLEAN NOT NULL DEFAULT FALSE
         );
+        """,
+    ),
+    Migration(
+        2,
+        "subject name keys and metadata indexed for search",
+        # name_key is store.name_key(name), computed in Python (SQL's lower() differs from Python's
+        # casefold, and between locales), so rows that lack one are filled in by the store at open
+        # (fill_name_keys); the partial index finds them without a scan.
+        """
+        ALTER TABLE subjects ADD COLUMN name_key TEXT;
+        CREATE INDEX subjects_by_name_key ON subjects (name_key text_pattern_ops);
+        CREATE INDEX subjects_without_name_key ON subjects (seq) WHERE name_key IS NULL;
+        CREATE INDEX subjects_by_metadata ON subjects USING gin (metadata);
         """,
     ),
 )

@@ -19,11 +19,12 @@ Same contract and semantics as ``SqliteGalleryStore`` (see ``service/gallery/sto
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -42,8 +43,10 @@ from service.gallery.postgres_feed import PostgresChangeFeed
 from service.gallery.postgres_schema import COMPONENT, HNSW_INDEX, MIGRATIONS, NOTIFY_CHANNEL, hnsw_index_sql
 from service.gallery.rows import decode_cursor, encode_cursor, stored_metadata, utc_timestamp
 from service.gallery.store import (
+    LIKE_ESCAPE,
     SCHEMA_VERSION,
     BadRow,
+    DuplicateNameError,
     EmbeddingSizeError,
     FaceNotFoundError,
     FaceOwner,
@@ -51,21 +54,26 @@ from service.gallery.store import (
     FaceRef,
     GalleryCounts,
     GalleryError,
+    ImportClashError,
     IntArray,
     NewFace,
     OpenedStore,
     PackMismatchError,
     PackPin,
     PackPinMissingError,
+    PortableFace,
     SchemaVersionError,
     StoredCrop,
     StoreOptions,
     StoreUnavailableError,
     Subject,
+    SubjectFilter,
     SubjectNotFoundError,
     SubjectPage,
     decode_png,
     encode_png,
+    like_prefix,
+    name_key,
 )
 from service.pipeline.types import FloatArray
 from service.postgres.migrations import SchemaTooNewError, applied_version, apply_migrations
@@ -297,21 +305,53 @@ class PostgresGalleryStore:
 
     # ------------------------------------------------------------------ subjects
 
-    def create_subject(self, name: str, metadata: Mapping[str, Any] | None = None) -> Subject:
+    def create_subject(
+        self, name: str, metadata: Mapping[str, Any] | None = None, *, unique_name: bool = False
+    ) -> Subject:
+        """A new subject. ``unique_name`` is race-free across replicas: every write transaction first
+        locks the gallery_meta row (``_write``), so the check and the insert of two concurrent creates
+        cannot interleave, and the second one's check (READ COMMITTED: a fresh snapshot per statement)
+        sees the first one's committed row."""
         subject_id = str(uuid.uuid4())
         now = utc_timestamp()
+        key = name_key(name)
         with self._write() as (conn, _):
+            if unique_name:
+                _refuse_taken_name(conn, name, key)
             conn.execute(
-                "INSERT INTO subjects (id, name, metadata, created_at, updated_at) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                (subject_id, name, Jsonb(dict(metadata or {})), now, now),
+                "INSERT INTO subjects (id, name, name_key, metadata, created_at, updated_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                (subject_id, name, key, Jsonb(dict(metadata or {})), now, now),
             )
-        return Subject(subject_id, name, dict(metadata or {}), now, now, 0)
+            duplicate = _other_with_key(conn, key, subject_id) is not None
+        return Subject(subject_id, name, dict(metadata or {}), now, now, 0, duplicate)
 
     _SUBJECT_COLUMNS = (
         "s.seq, s.id, s.name, s.metadata, s.created_at, s.updated_at, "
-        "(SELECT COUNT(*) FROM faces f WHERE f.subject_id = s.id) AS face_count"
+        "(SELECT COUNT(*) FROM faces f WHERE f.subject_id = s.id) AS face_count, "
+        "EXISTS (SELECT 1 FROM subjects o WHERE o.name_key = s.name_key AND o.seq <> s.seq) "
+        "AS duplicate_name"
     )
+
+    def fill_name_keys(self, batch_size: int = 1000) -> int:
+        """Give every subject lacking a ``name_key`` its key (rows from before migration 2, or written
+        by an older replica); returns how many. Not a change of content: nothing is logged."""
+        filled = 0
+        while True:
+            with self._reachable(), self._pool.connection() as conn, conn.transaction():
+                rows = conn.execute(
+                    "SELECT seq, name FROM subjects WHERE name_key IS NULL ORDER BY seq LIMIT %s "
+                    "FOR UPDATE SKIP LOCKED",
+                    (batch_size,),
+                ).fetchall()
+                with conn.cursor() as cursor:
+                    cursor.executemany(
+                        "UPDATE subjects SET name_key = %s WHERE seq = %s",
+                        [(name_key(name), seq) for seq, name in rows],
+                    )
+            filled += len(rows)
+            if len(rows) < batch_size:
+                return filled
 
     def get_subject(self, subject_id: str) -> Subject:
         with self._reading() as conn:
@@ -322,29 +362,45 @@ class PostgresGalleryStore:
             raise SubjectNotFoundError(subject_id)
         return _subject(row)
 
-    def list_subjects(self, cursor: str | None = None, limit: int = 50) -> SubjectPage:
-        """Subjects in creation order; pass ``next_cursor`` back for the next page."""
+    def list_subjects(
+        self, cursor: str | None = None, limit: int = 50, where: SubjectFilter | None = None
+    ) -> SubjectPage:
+        """Subjects in creation order, those ``where`` keeps; pass ``next_cursor`` back for the next page.
+
+        Indexed (migration 2): the name prefix by ``subjects_by_name_key`` (text_pattern_ops, a range
+        for a left-anchored LIKE), the metadata criteria by ``subjects_by_metadata`` (GIN: ``?``, ``@>``).
+        """
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         after = decode_cursor(cursor) if cursor else 0
+        conditions, params = _filter_sql(where or SubjectFilter())
         with self._reading() as conn:
             rows = conn.execute(
-                f"SELECT {self._SUBJECT_COLUMNS} FROM subjects s WHERE s.seq > %s ORDER BY s.seq LIMIT %s",
-                (after, limit + 1),
+                f"SELECT {self._SUBJECT_COLUMNS} FROM subjects s WHERE s.seq > %s{conditions} "
+                "ORDER BY s.seq LIMIT %s",
+                (after, *params, limit + 1),
             ).fetchall()
         items = [_subject(row) for row in rows[:limit]]
         next_cursor = encode_cursor(int(rows[limit - 1][0])) if len(rows) > limit else None
         return SubjectPage(items, next_cursor)
 
     def update_subject(
-        self, subject_id: str, *, name: str | None = None, metadata: Mapping[str, Any] | None = None
+        self,
+        subject_id: str,
+        *,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        unique_name: bool = False,
     ) -> Subject:
         new_metadata = None if metadata is None else Jsonb(dict(metadata))
+        key = None if name is None else name_key(name)
         with self._write() as (conn, _):
+            if name is not None and key is not None and unique_name:
+                _refuse_taken_name(conn, name, key, subject_id)
             updated = conn.execute(
-                "UPDATE subjects SET name = coalesce(%s, name), metadata = coalesce(%s, metadata), "
-                "updated_at = %s WHERE id = %s",
-                (name, new_metadata, utc_timestamp(), subject_id),
+                "UPDATE subjects SET name = coalesce(%s, name), name_key = coalesce(%s, name_key), "
+                "metadata = coalesce(%s, metadata), updated_at = %s WHERE id = %s",
+                (name, key, new_metadata, utc_timestamp(), subject_id),
             ).rowcount
             if updated == 0:
                 raise SubjectNotFoundError(subject_id)
@@ -662,6 +718,91 @@ class PostgresGalleryStore:
                 (last_used,),
             )
 
+    # ------------------------------------------------------------------ import (archives)
+
+    def existing_ids(
+        self, subject_ids: Collection[str], face_ids: Collection[str]
+    ) -> tuple[set[str], set[str]]:
+        with self._reading() as conn:
+            subjects = conn.execute(
+                "SELECT id FROM subjects WHERE id = ANY(%s::text[])", (list(subject_ids),)
+            ).fetchall()
+            faces = conn.execute(
+                "SELECT id FROM faces WHERE id = ANY(%s::text[])", (list(face_ids),)
+            ).fetchall()
+        return {row[0] for row in subjects}, {row[0] for row in faces}
+
+    _IMPORT_BATCH = 256  # faces per executemany inside the one transaction
+
+    def import_gallery(self, subjects: Sequence[Subject], faces: Iterable[PortableFace]) -> list[FaceRecord]:
+        """As ``GalleryStore.import_gallery``: one write transaction, logged as one change adding faces."""
+        pin = self._require_pin()
+        records: list[FaceRecord] = []
+        try:
+            with self._write() as (conn, change):
+                _check_pin_unchanged(change, pin)
+                with conn.cursor() as cursor:
+                    cursor.executemany(
+                        "INSERT INTO subjects (id, name, name_key, metadata, created_at, updated_at) "
+                        "VALUES (%s, %s, %s, %s, %s, %s)",
+                        [
+                            (
+                                s.id,
+                                s.name,
+                                name_key(s.name),
+                                Jsonb(dict(s.metadata)),
+                                s.created_at,
+                                s.updated_at,
+                            )
+                            for s in subjects
+                        ],
+                    )
+                rest = iter(faces)
+                while batch := list(itertools.islice(rest, self._IMPORT_BATCH)):
+                    records += _insert_portable(conn, batch, pin)
+                change.added = [record.index_id for record in records]
+        except psycopg.errors.IntegrityError as error:  # a taken id, or a face whose subject is nowhere
+            raise ImportClashError(
+                f"the import clashes with the gallery at {self._url} "
+                f"({error.diag.message_detail or error.diag.message_primary}); nothing was changed"
+            ) from None
+        return records
+
+
+def _insert_portable(conn: Connection, faces: Sequence[PortableFace], pin: PackPin) -> list[FaceRecord]:
+    rows = [_face_row(NewFace(f.embedding, f.det_score, f.quality, f.crop), pin) for f in faces]
+    index_ids = _insert_returning_ids(
+        conn,
+        "INSERT INTO faces (id, subject_id, embedding, pack_id, det_score, quality, created_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING index_id",
+        [
+            (
+                face.id,
+                face.subject_id,
+                row.embedding,
+                pin.pack_id,
+                row.det_score,
+                Jsonb(row.quality),
+                face.created_at,
+            )
+            for face, row in zip(faces, rows, strict=True)
+        ],
+    )
+    _insert_crops(conn, [(i, row.crop) for i, row in zip(index_ids, rows, strict=True)])
+    return [
+        FaceRecord(
+            face.id,
+            index_id,
+            face.subject_id,
+            pin.pack_id,
+            row.det_score,
+            row.quality,
+            face.created_at,
+            row.crop is not None,
+        )
+        for face, row, index_id in zip(faces, rows, index_ids, strict=True)
+    ]
+
 
 class PostgresEmbeddingWriter:
     """Writes new embeddings inside ``PostgresGalleryStore.repinning`` (its transaction is open)."""
@@ -749,8 +890,12 @@ def _insert_imported(conn: Connection, subjects: Sequence[Subject], rows: Sequen
     """Insert imported subjects and faces with their own ids, then move the index-id sequence past them."""
     with conn.cursor() as cursor:
         cursor.executemany(
-            "INSERT INTO subjects (id, name, metadata, created_at, updated_at) VALUES (%s, %s, %s, %s, %s)",
-            [(s.id, s.name, Jsonb(dict(s.metadata)), s.created_at, s.updated_at) for s in subjects],
+            "INSERT INTO subjects (id, name, name_key, metadata, created_at, updated_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            [
+                (s.id, s.name, name_key(s.name), Jsonb(dict(s.metadata)), s.created_at, s.updated_at)
+                for s in subjects
+            ],
         )
         cursor.executemany(
             "INSERT INTO faces (index_id, id, subject_id, embedding, pack_id, det_score, quality, "
@@ -822,8 +967,49 @@ def _bad_rows(conn: Connection, pin: PackPin) -> list[BadRow]:
 
 
 def _subject(row: tuple[Any, ...]) -> Subject:
-    _, subject_id, name, metadata, created_at, updated_at, face_count = row
-    return Subject(subject_id, name, stored_metadata(metadata), created_at, updated_at, int(face_count))
+    _, subject_id, name, metadata, created_at, updated_at, face_count, duplicate = row
+    return Subject(
+        subject_id, name, stored_metadata(metadata), created_at, updated_at, int(face_count), bool(duplicate)
+    )
+
+
+def _other_with_key(conn: Connection, key: str, subject_id: str | None) -> str | None:
+    """The id of a subject other than ``subject_id`` whose name has ``key``, if there is one."""
+    row = conn.execute(
+        "SELECT id FROM subjects WHERE name_key = %s AND id IS DISTINCT FROM %s ORDER BY seq LIMIT 1",
+        (key, subject_id),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _refuse_taken_name(conn: Connection, name: str, key: str, subject_id: str | None = None) -> None:
+    other = _other_with_key(conn, key, subject_id)
+    if other is not None:
+        raise DuplicateNameError(name, other)
+
+
+def _filter_sql(where: SubjectFilter) -> tuple[str, list[object]]:
+    """`` AND ...`` conditions on subjects ``s`` for ``where``, and their parameters (in order).
+
+    A value criterion is JSONB containment of ``{key: candidate}`` for each candidate: numbers compare
+    as numerics (42 = 42.0), strings exactly. Containment would also find a string inside an array
+    value, so array values are left out (SQLite's rule: arrays never match).
+    """
+    conditions: list[str] = []
+    params: list[object] = []
+    if where.name_prefix is not None:
+        conditions.append(f"s.name_key LIKE %s ESCAPE '{LIKE_ESCAPE}'")
+        params.append(like_prefix(where.name_prefix))
+    if where.metadata_key is not None:
+        conditions.append("jsonb_typeof(s.metadata) = 'object' AND s.metadata ? %s")
+        params.append(where.metadata_key)
+        candidates = where.value_candidates()
+        if candidates:
+            conditions.append(f"({' OR '.join(['s.metadata @> %s'] * len(candidates))})")
+            params.extend(Jsonb({where.metadata_key: candidate}) for candidate in candidates)
+            conditions.append("jsonb_typeof(s.metadata -> %s) <> 'array'")
+            params.append(where.metadata_key)
+    return "".join(f" AND {condition}" for condition in conditions), params
 
 
 def _face_record(row: tuple[Any, ...]) -> FaceRecord:
@@ -892,6 +1078,7 @@ def open_postgres_store(data_dir: Path, options: StoreOptions, *, must_exist: bo
         hnsw_ef_construction=options.hnsw_ef_construction,
     )
     try:
+        store.fill_name_keys()
         if must_exist and store.pinned_pack() is None:
             raise GalleryError(f"the gallery at {store.url} has no pack pin yet: nothing was ever enrolled")
         # FACE_SEARCH=pgvector: the database searches (HNSW), so replicas build no index of their own.

@@ -15,8 +15,9 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,10 @@ import numpy as np
 from service.gallery.data_dir_lock import DataDirLock
 from service.gallery.rows import decode_cursor, encode_cursor, stored_metadata, utc_timestamp
 from service.gallery.store import (
+    LIKE_ESCAPE,
     SCHEMA_VERSION,
     BadRow,
+    DuplicateNameError,
     EmbeddingSizeError,
     FaceNotFoundError,
     FaceOwner,
@@ -35,21 +38,26 @@ from service.gallery.store import (
     GalleryCorruptError,
     GalleryCounts,
     GalleryError,
+    ImportClashError,
     IntArray,
     NewFace,
     OpenedStore,
     PackMismatchError,
     PackPin,
     PackPinMissingError,
+    PortableFace,
     SchemaVersionError,
     StoredCrop,
     StoreOptions,
     Subject,
+    SubjectFilter,
     SubjectNotFoundError,
     SubjectPage,
     decode_png,
     encode_png,
     is_storage_full,
+    like_prefix,
+    name_key,
 )
 from service.pipeline.types import FloatArray
 from service.private_files import ensure_private_file
@@ -70,6 +78,10 @@ CREATE TABLE IF NOT EXISTS subjects (
     id TEXT NOT NULL UNIQUE,                 -- uuid4, the public id
     name TEXT NOT NULL,
     metadata TEXT NOT NULL DEFAULT '{}',     -- JSON object
+    -- store.name_key(name), written with the name (NULL: filled in at the next open, see
+    -- _NAME_KEY_COLUMN). NOCASE lets LIKE use the index; keys are case-folded already, so it
+    -- compares them as BINARY would.
+    name_key TEXT COLLATE NOCASE,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
@@ -92,6 +104,12 @@ CREATE TABLE IF NOT EXISTS face_crops (
     landmarks TEXT NOT NULL                      -- JSON [[x, y] * 5]: the face's 5 points in the crop
 );
 """
+
+# Galleries made before name search lack subjects.name_key: added at open, then filled in from Python
+# (store.name_key), which also fills the keys of rows written without one (a salvage, older code).
+# No schema-version step: older builds read and write such a file unchanged.
+_NAME_KEY_COLUMN = "ALTER TABLE subjects ADD COLUMN name_key TEXT COLLATE NOCASE"
+_NAME_KEY_INDEX = "CREATE INDEX IF NOT EXISTS subjects_by_name_key ON subjects(name_key)"
 
 # Created only by a repair (`face-service check --repair`): faces moved out of the service's way.
 _QUARANTINE_SCHEMA = """
@@ -156,6 +174,30 @@ class SqliteGalleryStore:
                     f"{self._path} has gallery schema version {row[0]}; this service understands "
                     f"up to {SCHEMA_VERSION}: upgrade the service"
                 )
+            self._add_name_keys()
+
+    def _add_name_keys(self) -> None:
+        """The name_key column, its index, and a key for every row lacking one (see _NAME_KEY_COLUMN).
+
+        Not a change of content: the change sequence does not move.
+        """
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(subjects)")}
+        if "name_key" not in columns:
+            self._conn.execute(_NAME_KEY_COLUMN)
+        self._conn.execute(_NAME_KEY_INDEX)
+        missing = self._conn.execute("SELECT seq, name FROM subjects WHERE name_key IS NULL").fetchall()
+        if missing:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(
+                    "UPDATE subjects SET name_key = ? WHERE seq = ?",
+                    [(name_key(name), seq) for seq, name in missing],
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
 
     @property
     def path(self) -> Path:
@@ -337,19 +379,46 @@ class SqliteGalleryStore:
 
     # ------------------------------------------------------------------ subjects
 
-    def create_subject(self, name: str, metadata: Mapping[str, Any] | None = None) -> Subject:
+    def create_subject(
+        self, name: str, metadata: Mapping[str, Any] | None = None, *, unique_name: bool = False
+    ) -> Subject:
         subject_id = str(uuid.uuid4())
         now = utc_timestamp()
+        key = name_key(name)
+        # BEGIN IMMEDIATE takes the write lock first: no other writer can slip in between the check
+        # and the insert (this process's writers queue on self._lock, other processes on the file).
         with self._transaction() as conn:
+            if unique_name:
+                self._refuse_taken_name(conn, name, key)
             conn.execute(
-                "INSERT INTO subjects (id, name, metadata, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                (subject_id, name, json.dumps(dict(metadata or {})), now, now),
+                "INSERT INTO subjects (id, name, name_key, metadata, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (subject_id, name, key, json.dumps(dict(metadata or {})), now, now),
             )
-        return Subject(subject_id, name, dict(metadata or {}), now, now, 0)
+            duplicate = self._other_with_key(conn, key, subject_id) is not None
+        return Subject(subject_id, name, dict(metadata or {}), now, now, 0, duplicate)
+
+    @staticmethod
+    def _other_with_key(conn: sqlite3.Connection, key: str, subject_id: str | None) -> str | None:
+        """The id of a subject other than ``subject_id`` whose name has ``key``, if there is one."""
+        row = conn.execute(
+            "SELECT id FROM subjects WHERE name_key = ? AND id IS NOT ? ORDER BY seq LIMIT 1",
+            (key, subject_id),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def _refuse_taken_name(
+        self, conn: sqlite3.Connection, name: str, key: str, subject_id: str | None = None
+    ) -> None:
+        other = self._other_with_key(conn, key, subject_id)
+        if other is not None:
+            raise DuplicateNameError(name, other)
 
     _SUBJECT_COLUMNS = (
         "s.seq, s.id, s.name, s.metadata, s.created_at, s.updated_at, "
-        "(SELECT COUNT(*) FROM faces f WHERE f.subject_id = s.id) AS face_count"
+        "(SELECT COUNT(*) FROM faces f WHERE f.subject_id = s.id) AS face_count, "
+        "EXISTS (SELECT 1 FROM subjects o WHERE o.name_key = s.name_key AND o.seq <> s.seq) "
+        "AS duplicate_name"
     )
 
     def get_subject(self, subject_id: str) -> Subject:
@@ -361,31 +430,49 @@ class SqliteGalleryStore:
             raise SubjectNotFoundError(subject_id)
         return _subject(row)
 
-    def list_subjects(self, cursor: str | None = None, limit: int = 50) -> SubjectPage:
-        """Subjects in creation order; pass ``next_cursor`` back for the next page."""
+    def list_subjects(
+        self, cursor: str | None = None, limit: int = 50, where: SubjectFilter | None = None
+    ) -> SubjectPage:
+        """Subjects in creation order, those ``where`` keeps; pass ``next_cursor`` back for the next page.
+
+        A name prefix is a LIKE on the NOCASE-indexed name_key (an index range); metadata criteria
+        read each candidate row's JSON (a scan of the rows the other criteria leave).
+        """
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         after = decode_cursor(cursor) if cursor else 0
+        conditions, params = _filter_sql(where or SubjectFilter())
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT {self._SUBJECT_COLUMNS} FROM subjects s WHERE s.seq > ? ORDER BY s.seq LIMIT ?",
-                (after, limit + 1),
+                f"SELECT {self._SUBJECT_COLUMNS} FROM subjects s WHERE s.seq > ?{conditions} "
+                "ORDER BY s.seq LIMIT ?",
+                (after, *params, limit + 1),
             ).fetchall()
         items = [_subject(row) for row in rows[:limit]]
         next_cursor = encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
         return SubjectPage(items, next_cursor)
 
     def update_subject(
-        self, subject_id: str, *, name: str | None = None, metadata: Mapping[str, Any] | None = None
+        self,
+        subject_id: str,
+        *,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        unique_name: bool = False,
     ) -> Subject:
         with self._transaction() as conn:
-            row = conn.execute("SELECT name, metadata FROM subjects WHERE id = ?", (subject_id,)).fetchone()
+            row = conn.execute(
+                "SELECT name, name_key, metadata FROM subjects WHERE id = ?", (subject_id,)
+            ).fetchone()
             if row is None:
                 raise SubjectNotFoundError(subject_id)
+            if name is not None and unique_name:
+                self._refuse_taken_name(conn, name, name_key(name), subject_id)
             conn.execute(
-                "UPDATE subjects SET name = ?, metadata = ?, updated_at = ? WHERE id = ?",
+                "UPDATE subjects SET name = ?, name_key = ?, metadata = ?, updated_at = ? WHERE id = ?",
                 (
                     row["name"] if name is None else name,
+                    row["name_key"] if name is None else name_key(name),
                     row["metadata"] if metadata is None else json.dumps(dict(metadata)),
                     utc_timestamp(),
                     subject_id,
@@ -439,29 +526,8 @@ class SqliteGalleryStore:
             if conn.execute("SELECT 1 FROM subjects WHERE id = ?", (subject_id,)).fetchone() is None:
                 raise SubjectNotFoundError(subject_id)
             for face, (face_id, blob, quality_json, crop) in zip(faces, rows, strict=True):
-                cursor = conn.execute(
-                    "INSERT INTO faces (id, subject_id, embedding, pack_id, det_score, quality, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (face_id, subject_id, blob, pin.pack_id, float(face.det_score), quality_json, now),
-                )
-                index_id = int(cursor.lastrowid or 0)
-                if crop is not None:
-                    conn.execute(
-                        "INSERT INTO face_crops (index_id, png, landmarks) VALUES (?, ?, ?)",
-                        (index_id, *crop),
-                    )
-                records.append(
-                    FaceRecord(
-                        face_id,
-                        index_id,
-                        subject_id,
-                        pin.pack_id,
-                        float(face.det_score),
-                        json.loads(quality_json),
-                        now,
-                        crop is not None,
-                    )
-                )
+                row = _FaceRow(face_id, subject_id, blob, face.det_score, quality_json, now, crop)
+                records.append(_insert_face(conn, row, pin))
             conn.execute("UPDATE subjects SET updated_at = ? WHERE id = ?", (now, subject_id))
         return records
 
@@ -655,6 +721,101 @@ class SqliteGalleryStore:
                 (new_pin.pack_id, new_pin.embedding_size, SCHEMA_VERSION),
             )
 
+    # ------------------------------------------------------------------ import (archives)
+
+    def existing_ids(
+        self, subject_ids: Collection[str], face_ids: Collection[str]
+    ) -> tuple[set[str], set[str]]:
+        found: tuple[set[str], set[str]] = (set(), set())
+        with self._lock:
+            for table, ids, into in (("subjects", subject_ids, found[0]), ("faces", face_ids, found[1])):
+                listed = list(ids)
+                for start in range(0, len(listed), 500):  # under SQLite's bound-parameter limit
+                    chunk = listed[start : start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    rows = self._conn.execute(f"SELECT id FROM {table} WHERE id IN ({marks})", chunk)
+                    into.update(row[0] for row in rows)
+        return found
+
+    def import_gallery(self, subjects: Sequence[Subject], faces: Iterable[PortableFace]) -> list[FaceRecord]:
+        """As ``GalleryStore.import_gallery``: one BEGIN IMMEDIATE … COMMIT."""
+        pin = self._require_pin()
+        records: list[FaceRecord] = []
+        try:
+            with self._transaction() as conn:
+                conn.executemany(
+                    "INSERT INTO subjects (id, name, name_key, metadata, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            s.id,
+                            s.name,
+                            name_key(s.name),
+                            json.dumps(dict(s.metadata)),
+                            s.created_at,
+                            s.updated_at,
+                        )
+                        for s in subjects
+                    ],
+                )
+                for face in faces:
+                    new = NewFace(face.embedding, face.det_score, face.quality, face.crop)
+                    _, blob, quality_json, crop = self._face_row(new, pin)
+                    row = _FaceRow(
+                        face.id, face.subject_id, blob, face.det_score, quality_json, face.created_at, crop
+                    )
+                    records.append(_insert_face(conn, row, pin))
+        except sqlite3.IntegrityError as error:  # a taken id, or a face whose subject is nowhere
+            raise ImportClashError(
+                f"the import clashes with the gallery at {self._path} ({error}); nothing was changed"
+            ) from None
+        return records
+
+
+@dataclass(frozen=True)
+class _FaceRow:
+    """One face as its INSERTs write it (embedding, quality and crop already encoded)."""
+
+    face_id: str
+    subject_id: str
+    embedding: bytes
+    det_score: float
+    quality_json: str
+    created_at: str
+    crop: tuple[bytes, str] | None  # (PNG, landmarks JSON)
+
+
+def _insert_face(conn: sqlite3.Connection, row: _FaceRow, pin: PackPin) -> FaceRecord:
+    """INSERT a face (and its crop) inside the caller's transaction; its record, index id assigned."""
+    cursor = conn.execute(
+        "INSERT INTO faces (id, subject_id, embedding, pack_id, det_score, quality, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            row.face_id,
+            row.subject_id,
+            row.embedding,
+            pin.pack_id,
+            float(row.det_score),
+            row.quality_json,
+            row.created_at,
+        ),
+    )
+    index_id = int(cursor.lastrowid or 0)
+    if row.crop is not None:
+        conn.execute(
+            "INSERT INTO face_crops (index_id, png, landmarks) VALUES (?, ?, ?)", (index_id, *row.crop)
+        )
+    return FaceRecord(
+        row.face_id,
+        index_id,
+        row.subject_id,
+        pin.pack_id,
+        float(row.det_score),
+        json.loads(row.quality_json),
+        row.created_at,
+        row.crop is not None,
+    )
+
 
 class SqliteEmbeddingWriter:
     """Writes new embeddings inside ``SqliteGalleryStore.repinning`` (its transaction is already open)."""
@@ -707,7 +868,34 @@ def _subject(row: sqlite3.Row) -> Subject:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         face_count=int(row["face_count"]),
+        duplicate_name=bool(row["duplicate_name"]),
     )
+
+
+def _filter_sql(where: SubjectFilter) -> tuple[str, list[object]]:
+    """`` AND ...`` conditions on subjects ``s`` for ``where``, and their parameters (in order)."""
+    conditions: list[str] = []
+    params: list[object] = []
+    if where.name_prefix is not None:
+        conditions.append(f"s.name_key LIKE ? ESCAPE '{LIKE_ESCAPE}'")
+        params.append(like_prefix(where.name_prefix))
+    if where.metadata_key is not None:
+        params.append(where.metadata_key)
+        matches: list[str] = []
+        for candidate in where.value_candidates():
+            if candidate is None or isinstance(candidate, bool):  # json_each's type: 'true', 'false', 'null'
+                matches.append(f"j.type = '{json.dumps(candidate)}'")
+            else:
+                kinds = "('text')" if isinstance(candidate, str) else "('integer', 'real')"
+                matches.append(f"(j.type IN {kinds} AND j.value = ?)")
+                params.append(candidate)
+        value_sql = f" AND ({' OR '.join(matches)})" if matches else ""
+        # CASE: json_each raises on text that is not JSON (a hand-edited row); such rows match nothing.
+        conditions.append(
+            "CASE WHEN NOT json_valid(s.metadata) THEN 0 WHEN json_type(s.metadata) <> 'object' THEN 0 "
+            f"ELSE EXISTS (SELECT 1 FROM json_each(s.metadata) j WHERE j.key = ?{value_sql}) END"
+        )
+    return "".join(f" AND {condition}" for condition in conditions), params
 
 
 def _face_record(row: sqlite3.Row) -> FaceRecord:

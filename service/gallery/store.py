@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import math
+import re
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +60,15 @@ UNREADABLE_METADATA_KEY = "_unreadable"
 
 class InvalidCursorError(GalleryError, ValueError):
     pass
+
+
+class DuplicateNameError(GalleryError, ValueError):
+    """Another subject already has this name (compared as ``name_key`` compares); nothing was written."""
+
+    def __init__(self, name: str, other_id: str) -> None:
+        super().__init__(f"another subject ({other_id}) is already named {name!r} (ignoring case and spaces)")
+        self.name = name
+        self.other_id = other_id
 
 
 class EmbeddingSizeError(GalleryError, ValueError):
@@ -159,6 +170,79 @@ class Subject:
     created_at: str
     updated_at: str
     face_count: int = 0
+    # Whether another subject has the same name now (see ``name_key``), worked out at every read.
+    duplicate_name: bool = False
+
+
+def name_key(name: object) -> str:
+    """What subject names are compared by (duplicates, prefix search): trimmed, Unicode case-folded.
+
+    Computed here, in Python, and stored beside the name by every backend, so that SQLite (whose
+    ``lower`` knows ASCII only) and PostgreSQL (whose ``lower`` follows the database's locale) agree.
+    """
+    if isinstance(name, bytes):  # a hand-written SQLite row may hold a BLOB: keyed as it is shown
+        name = name.decode("utf-8", "backslashreplace")
+    return str(name).strip().casefold()
+
+
+# Characters LIKE treats specially, escaped with the one ESCAPE character both backends' queries name.
+LIKE_ESCAPE = "\\"
+
+
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching keys that start with ``prefix``'s key, its ``%`` and ``_`` taken literally."""
+    key = prefix.lstrip().casefold()
+    escaped = key.replace(LIKE_ESCAPE, LIKE_ESCAPE * 2).replace("%", LIKE_ESCAPE + "%")
+    return escaped.replace("_", LIKE_ESCAPE + "_") + "%"
+
+
+@dataclass(frozen=True)
+class SubjectFilter:
+    """Which subjects a listing keeps; every criterion given must hold (AND). None: no criterion.
+
+    - ``name_prefix``: the name, trimmed and case-folded (``name_key``), starts with the prefix (its
+      leading spaces dropped, case-folded); ``%`` and ``_`` are plain characters.
+    - ``metadata_key``: the metadata object has this top-level key (exact, case-sensitive).
+    - ``metadata_value`` (only with ``metadata_key``): that key's value equals it as JSON values
+      compare: a string value of exactly this text; a number equal to it when it is spelled as a JSON
+      number (``"42"`` matches 42 and 42.0); ``true``, ``false`` and ``null`` match those literals too.
+      Objects and arrays never match.
+    """
+
+    name_prefix: str | None = None
+    metadata_key: str | None = None
+    metadata_value: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.metadata_value is not None and self.metadata_key is None:
+            raise ValueError("metadata_value needs metadata_key")
+
+    def value_candidates(self) -> list[object]:
+        """The JSON values ``metadata_value`` matches: itself as a string, and the scalar it spells."""
+        if self.metadata_value is None:
+            return []
+        text = self.metadata_value
+        candidates: list[object] = [text]
+        if text in _JSON_LITERALS:
+            candidates.append(_JSON_LITERALS[text])
+        elif _JSON_NUMBER.fullmatch(text):
+            number = _json_number(text)
+            if number is not None:
+                candidates.append(number)
+        return candidates
+
+
+_JSON_LITERALS: dict[str, object] = {"true": True, "false": False, "null": None}
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_INT64 = range(-(2**63), 2**63)
+
+
+def _json_number(text: str) -> int | float | None:
+    """The number a JSON number spells: an int when it is one that fits 64 bits, else a finite float."""
+    if re.fullmatch(r"-?[0-9]+", text) and int(text) in _INT64:
+        return int(text)
+    value = float(text)
+    return value if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)
@@ -185,6 +269,27 @@ class NewFace:
     @classmethod
     def from_embedded(cls, face: EmbeddedFace, crop: StoredCrop | None = None) -> NewFace:
         return cls(face.embedding, face.face.score, dataclasses.asdict(face.quality), crop)
+
+
+@dataclass(frozen=True)
+class PortableFace:
+    """A face brought in from another gallery (an archive) by ``import_gallery``.
+
+    It keeps its public id, subject, scores and time; its embedding is in this gallery's pack; the
+    index id is this gallery's to give (another gallery's index ids mean nothing here).
+    """
+
+    id: str
+    subject_id: str
+    embedding: FloatArray  # (D,) float32, unit norm
+    det_score: float
+    quality: Mapping[str, float]
+    created_at: str
+    crop: StoredCrop | None
+
+
+class ImportClashError(GalleryError):
+    """An import names subject or face ids the gallery already holds: nothing was changed."""
 
 
 @dataclass(frozen=True)
@@ -275,15 +380,32 @@ class GalleryStore(Protocol):
     def pin(self, pack_id: str, embedding_size: int) -> PackPin: ...
 
     # subjects
-    def create_subject(self, name: str, metadata: Mapping[str, Any] | None = None) -> Subject: ...
+    def create_subject(
+        self, name: str, metadata: Mapping[str, Any] | None = None, *, unique_name: bool = False
+    ) -> Subject:
+        """A new subject; with ``unique_name``, ``DuplicateNameError`` when another has the same
+        ``name_key`` (checked and inserted in one serialized write transaction: no race lets two in)."""
+        ...
 
     def get_subject(self, subject_id: str) -> Subject: ...
 
-    def list_subjects(self, cursor: str | None = None, limit: int = 50) -> SubjectPage: ...
+    def list_subjects(
+        self, cursor: str | None = None, limit: int = 50, where: SubjectFilter | None = None
+    ) -> SubjectPage:
+        """Subjects in creation order, those ``where`` keeps; the cursor is a position in that order,
+        so a cursor from any listing works with any filter (the filter is applied again)."""
+        ...
 
     def update_subject(
-        self, subject_id: str, *, name: str | None = None, metadata: Mapping[str, Any] | None = None
-    ) -> Subject: ...
+        self,
+        subject_id: str,
+        *,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        unique_name: bool = False,
+    ) -> Subject:
+        """Rename and/or replace the metadata; ``unique_name`` as for ``create_subject`` (a rename only)."""
+        ...
 
     def delete_subject(self, subject_id: str) -> list[FaceRef]: ...
 
@@ -334,6 +456,23 @@ class GalleryStore(Protocol):
     def repinning(
         self, new_pin: PackPin, *, delete_unconverted: bool = False
     ) -> AbstractContextManager[EmbeddingWriter]: ...
+
+    # import from another gallery (service/gallery/archive.py)
+    def existing_ids(
+        self, subject_ids: Collection[str], face_ids: Collection[str]
+    ) -> tuple[set[str], set[str]]:
+        """Which of ``subject_ids`` and ``face_ids`` this gallery holds already."""
+        ...
+
+    def import_gallery(self, subjects: Sequence[Subject], faces: Iterable[PortableFace]) -> list[FaceRecord]:
+        """Insert ``subjects`` (ids, names, metadata and times as given) and ``faces`` (ids as given,
+        new index ids, this gallery's pack) in ONE transaction, consuming ``faces`` inside it.
+
+        All or nothing: an id already taken (``ImportClashError``), a face of a subject that is neither
+        imported nor present, or an error raised by the ``faces`` iterator leaves the gallery as it was.
+        Returns the faces' records in the order given.
+        """
+        ...
 
 
 class StoreUnavailableError(GalleryError):

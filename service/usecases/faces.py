@@ -1,15 +1,28 @@
-"""Manage single enrolled faces: read one, move one to another subject, delete one."""
+"""Manage single enrolled faces: read one (and its stored crop), move one to another subject, delete one."""
 
 from __future__ import annotations
 
-from service.gallery.store import FaceRecord, SubjectNotFoundError
-from service.usecases.errors import TargetSubjectNotFoundError
+from service.gallery.store import FaceRecord, SubjectNotFoundError, encode_png
+from service.usecases.errors import FaceHasNoCropError, TargetSubjectNotFoundError
 from service.usecases.resources import ServiceResources
 from service.usecases.threads import in_worker
 
 
 async def get_face(resources: ServiceResources, face_id: str) -> FaceRecord:
     return await in_worker(resources.gallery.get_face, face_id)
+
+
+async def face_crop_png(resources: ServiceResources, face_id: str) -> bytes:
+    """The face's stored crop as PNG; FaceNotFoundError when unknown, FaceHasNoCropError without one."""
+
+    def read() -> bytes | None:
+        crop = resources.gallery.get_crop(face_id)
+        return None if crop is None else encode_png(crop.image)
+
+    png = await in_worker(read)
+    if png is None:
+        raise FaceHasNoCropError(face_id)
+    return png
 
 
 async def move_face(

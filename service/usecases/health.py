@@ -44,10 +44,8 @@ def _caught_up(resources: ServiceResources, status: ReplicationStatus | None) ->
     return status is not None and status.following and status.lag_s <= resources.settings.replica_max_lag_s
 
 
-async def readiness(resources: ServiceResources | None) -> Readiness:
-    """Each check by name: models loaded, gallery readable, key store readable, replica caught up."""
-    if resources is None:
-        return Readiness()
+async def _collection_readiness(resources: ServiceResources) -> Readiness:
+    """One collection's checks (the key store is the service's: it is checked with each)."""
     # Together, not one after another: with the database down each waits out FACE_DB_TIMEOUT_S.
     gallery_ok, keys_ok = await asyncio.gather(
         in_worker(_gallery_readable, resources),
@@ -65,6 +63,24 @@ async def readiness(resources: ServiceResources | None) -> Readiness:
     if status is not None or resources.gallery.follows_feed:
         checks["replica"] = _caught_up(resources, status)
     return Readiness(checks, status)
+
+
+async def readiness(resources: ServiceResources | None) -> Readiness:
+    """Each check by name: models loaded, gallery readable, key store readable, replica caught up; and
+    for every other collection ``gallery:<name>`` (and ``replica:<name>``). ``replication``: the
+    default collection's."""
+    if resources is None:
+        return Readiness()
+    others = [c for c in resources.collections.values() if c.gallery is not resources.gallery]
+    default, *theirs = await asyncio.gather(
+        _collection_readiness(resources), *(_collection_readiness(c) for c in others)
+    )
+    checks = dict(default.checks)
+    for collection, state in zip(others, theirs, strict=True):
+        for name in ("gallery", "replica"):
+            if name in state.checks:
+                checks[f"{name}:{collection.collection}"] = state.checks[name]
+    return Readiness(checks, default.replication)
 
 
 async def render_metrics(resources: ServiceResources) -> bytes:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from service.gallery.gallery import ReplicationStatus
 from service.gallery.store import GalleryCounts
 from service.packs.manifest import PackManifest
+from service.usecases.collections import collections_of
 from service.usecases.health import replication_status
 from service.usecases.resources import ServiceResources
 from service.usecases.threads import in_worker
@@ -24,6 +25,7 @@ class ServiceInfo:
     backend: str  # sqlite | postgresql
     replication: ReplicationStatus | None
     auth_enabled: bool
+    collections: dict[str, str]  # every collection's name -> pack id, the default one first
 
 
 async def service_info(resources: ServiceResources) -> ServiceInfo:
@@ -37,4 +39,5 @@ async def service_info(resources: ServiceResources) -> ServiceInfo:
         backend="postgresql" if resources.settings.shared_gallery else "sqlite",
         replication=await in_worker(replication_status, resources),
         auth_enabled=resources.authenticator.enabled,
+        collections={c.collection: c.pack.manifest.id for c in collections_of(resources)},
     )

@@ -1,24 +1,72 @@
-"""Manage gallery subjects: create, list (cursor pages), read, update, merge, delete; list their faces."""
+"""Manage gallery subjects: create, list (cursor pages, filters), read, update, merge, delete; list faces.
+
+Duplicate names (FACE_DUPLICATE_NAMES): ``flag`` lets them in (subjects say ``duplicate_name``);
+``refuse`` turns a create or rename to a name another subject has into ``DuplicateNameRefusedError``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from service.gallery.store import FaceRecord, Subject, SubjectNotFoundError, SubjectPage
-from service.usecases.errors import SelfMergeError, TargetSubjectNotFoundError
+from service.gallery.store import (
+    DuplicateNameError,
+    FaceRecord,
+    Subject,
+    SubjectFilter,
+    SubjectNotFoundError,
+    SubjectPage,
+)
+from service.settings import DuplicateNames
+from service.usecases.errors import (
+    DuplicateNameRefusedError,
+    MetadataValueWithoutKeyError,
+    SelfMergeError,
+    TargetSubjectNotFoundError,
+)
 from service.usecases.resources import ServiceResources
 from service.usecases.threads import in_worker
 
 
+def _refuse_duplicates(resources: ServiceResources) -> bool:
+    return resources.settings.duplicate_names is DuplicateNames.REFUSE
+
+
 async def create_subject(
-    resources: ServiceResources, name: str, metadata: Mapping[str, Any] | None
+    resources: ServiceResources,
+    name: str,
+    metadata: Mapping[str, Any] | None,
+    *,
+    name_field: str = "body.name",
 ) -> Subject:
-    return await in_worker(resources.gallery.create_subject, name, metadata)
+    """A new subject; under FACE_DUPLICATE_NAMES=refuse, refused when another has the same name."""
+    try:
+        return await in_worker(
+            resources.gallery.create_subject, name, metadata, unique_name=_refuse_duplicates(resources)
+        )
+    except DuplicateNameError as error:
+        raise DuplicateNameRefusedError(error.name, error.other_id, name_field) from None
 
 
-async def list_subjects(resources: ServiceResources, cursor: str | None, limit: int) -> SubjectPage:
-    return await in_worker(resources.gallery.list_subjects, cursor, limit)
+def subject_filter(
+    name_prefix: str | None,
+    metadata_key: str | None,
+    metadata_value: str | None,
+    *,
+    key_field: str = "query.metadata_key",
+    value_field: str = "query.metadata_value",
+) -> SubjectFilter:
+    """The filter a listing asked for (see ``SubjectFilter`` for what each criterion matches)."""
+    if metadata_value is not None and metadata_key is None:
+        raise MetadataValueWithoutKeyError(value_field, key_field)
+    return SubjectFilter(name_prefix, metadata_key, metadata_value)
+
+
+async def list_subjects(
+    resources: ServiceResources, cursor: str | None, limit: int, where: SubjectFilter | None = None
+) -> SubjectPage:
+    """Subjects in creation order that ``where`` keeps; a cursor is a position, valid with any filter."""
+    return await in_worker(resources.gallery.list_subjects, cursor, limit, where)
 
 
 async def get_subject(resources: ServiceResources, subject_id: str) -> Subject:
@@ -26,9 +74,24 @@ async def get_subject(resources: ServiceResources, subject_id: str) -> Subject:
 
 
 async def update_subject(
-    resources: ServiceResources, subject_id: str, *, name: str | None, metadata: Mapping[str, Any] | None
+    resources: ServiceResources,
+    subject_id: str,
+    *,
+    name: str | None,
+    metadata: Mapping[str, Any] | None,
+    name_field: str = "body.name",
 ) -> Subject:
-    return await in_worker(resources.gallery.update_subject, subject_id, name=name, metadata=metadata)
+    """Rename and/or replace metadata; a rename is checked for duplicates as ``create_subject`` is."""
+    try:
+        return await in_worker(
+            resources.gallery.update_subject,
+            subject_id,
+            name=name,
+            metadata=metadata,
+            unique_name=_refuse_duplicates(resources),
+        )
+    except DuplicateNameError as error:
+        raise DuplicateNameRefusedError(error.name, error.other_id, name_field) from None
 
 
 async def merge_subject(

@@ -301,7 +301,9 @@ KEY_STORE_DAMAGE: dict[str, Callable[[Path], None]] = {
     "unknown-scope": lambda db: _hand_edit(db, "UPDATE api_keys SET scopes = 'root'"),
     "empty-scopes": lambda db: _hand_edit(db, "UPDATE api_keys SET scopes = ''"),
     "id-not-hex": lambda db: _hand_edit(
-        db, "INSERT INTO api_keys SELECT 'x', name, scopes, key_sha256, created_at, revoked_at FROM api_keys"
+        db,
+        "INSERT INTO api_keys (id, name, scopes, key_sha256, created_at, revoked_at) "
+        "SELECT 'x', name, scopes, key_sha256, created_at, revoked_at FROM api_keys",
     ),
     "revoked-at-blob": lambda db: _hand_edit(db, "UPDATE api_keys SET revoked_at = x'01'"),
 }

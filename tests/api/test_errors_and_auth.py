@@ -250,12 +250,21 @@ def _methods_by_path(client: TestClient) -> dict[str, set[str]]:
     the methods the schema lists for it: an expectation taken from the schema, not from the code that
     builds the ``Allow`` header (API routes answer HEAD only where they declare it)."""
     schema = client.get("/openapi.json").json()
+    templates = {template: {method.upper() for method in ops} for template, ops in schema["paths"].items()}
     expected: dict[str, set[str]] = {}
-    for template, operations in schema["paths"].items():
+    for template in templates:
         path = re.sub(r"\{[^}]+\}", str(uuid.uuid4()), template)
-        methods = {method.upper() for method in operations}
-        expected[path] = methods
+        # A literal path can also fill another one's parameter (/v1/keys/me is /v1/keys/{key_id} too):
+        # it allows what every template it matches allows.
+        expected[path] = set().union(*(m for other, m in templates.items() if _fills(other, path)))
     return expected
+
+
+def _fills(template: str, path: str) -> bool:
+    parts, segments = template.split("/"), path.split("/")
+    return len(parts) == len(segments) and all(
+        part == segment or part.startswith("{") for part, segment in zip(parts, segments, strict=True)
+    )
 
 
 _PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "BREW")

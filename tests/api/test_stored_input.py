@@ -29,14 +29,14 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.api.input_limits import (
+from service.auth.keys import SqliteKeyStore
+from service.gallery.input_limits import (
     MAX_METADATA_BYTES,
     MAX_METADATA_DEPTH,
     MAX_METADATA_KEY_CHARS,
     MAX_METADATA_KEYS,
     MAX_NAME_CHARS,
 )
-from service.auth.keys import SqliteKeyStore
 from service.gallery.sqlite_store import GALLERY_FILE, SqliteGalleryStore
 from service.gallery.store import UNREADABLE_METADATA_KEY
 from service.usecases.verify import cosine

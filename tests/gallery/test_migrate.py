@@ -85,7 +85,9 @@ def source(tmp_path: Path) -> Source:
         max_index_id = max(record.index_id for record in records)
     keys = SqliteKeyStore.in_data_dir(data_dir)
     keys.ensure_schema()
-    active = keys.create(frozenset({Scope.READ, Scope.ENROLL}), name="kiosk")
+    active = keys.create(
+        frozenset({Scope.READ, Scope.ENROLL}), name="kiosk", collections=frozenset({"kiosk"})
+    )
     revoked = keys.create(frozenset({Scope.ADMIN}), name="old admin")
     keys.revoke(revoked.record.id)
     return Source(data_dir, centres[:3], active.key, revoked.key, max_index_id)
@@ -180,6 +182,7 @@ def test_migrate_copies_the_gallery_and_keys_and_verifies(
         record = keys.authenticate(source.active_key)  # a key made before the migration works after it
         assert record is not None
         assert (record.name, record.scopes) == ("kiosk", frozenset({Scope.READ, Scope.ENROLL}))
+        assert record.collections == {"kiosk"}  # a key limited to collections stays limited
         assert keys.authenticate(source.revoked_key) is None  # and a revoked one stays revoked
         assert [key.id for key in keys.list(include_revoked=False)] == [record.id]
         assert {key.id: key for key in keys.list()} == {

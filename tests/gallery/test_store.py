@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ import pytest
 from service.gallery.postgres_store import open_postgres_store
 from service.gallery.sqlite_store import SqliteGalleryStore
 from service.gallery.store import (
+    DuplicateNameError,
     EmbeddingSizeError,
     FaceNotFoundError,
     GalleryCounts,
@@ -33,7 +36,10 @@ from service.gallery.store import (
     SchemaVersionError,
     StoredCrop,
     StoreOptions,
+    Subject,
+    SubjectFilter,
     SubjectNotFoundError,
+    SubjectPage,
 )
 from tests.gallery.conftest import unit_vectors
 
@@ -490,3 +496,227 @@ def test_moving_an_unknown_face_or_to_an_unknown_subject_changes_nothing(
     assert store.get_face(record.id) == record
     assert store.get_subject(other.id).face_count == 0
     assert store.change_seq() == seq + 1  # only the create_subject above committed
+
+
+# ---------------------------------------------------------------------- search and duplicate names
+
+
+def _names(page: SubjectPage) -> list[str]:
+    return [subject.name for subject in page.items]
+
+
+def test_a_name_prefix_matches_ignoring_case_and_unicode_case(store: GalleryStore) -> None:
+    for name in ("Alice", "alan", "ALBERT", "Bob", "Ålesund", "Straße", " Alfred"):
+        store.create_subject(name)
+    everyone = SubjectFilter()
+    assert len(store.list_subjects(where=everyone).items) == 7
+    for prefix in ("al", "AL", "aL"):
+        assert _names(store.list_subjects(where=SubjectFilter(name_prefix=prefix))) == [
+            "Alice",
+            "alan",
+            "ALBERT",
+            " Alfred",  # names compare trimmed
+        ]
+    assert _names(store.list_subjects(where=SubjectFilter(name_prefix="å"))) == ["Ålesund"]
+    assert _names(store.list_subjects(where=SubjectFilter(name_prefix="STRASS"))) == ["Straße"]  # casefold
+    assert _names(store.list_subjects(where=SubjectFilter(name_prefix="alice "))) == []
+    assert _names(store.list_subjects(where=SubjectFilter(name_prefix="x"))) == []
+
+
+def test_like_wildcards_and_the_escape_in_a_prefix_are_plain_characters(store: GalleryStore) -> None:
+    for name in ("50% off", "50 off", "500", "a_b", "axb", "%top", "back\\slash", "backslash"):
+        store.create_subject(name)
+
+    def found(prefix: str) -> list[str]:
+        return _names(store.list_subjects(where=SubjectFilter(name_prefix=prefix)))
+
+    assert found("50%") == ["50% off"]
+    assert found("a_") == ["a_b"]
+    assert found("%") == ["%top"]
+    assert found("_") == []
+    assert found("back\\") == ["back\\slash"]
+    assert found("50") == ["50% off", "50 off", "500"]
+
+
+def test_metadata_filters_compare_json_values(store: GalleryStore) -> None:
+    stored: list[tuple[str, dict[str, object]]] = [
+        ("red", {"team": "red"}),
+        ("Red", {"team": "Red"}),
+        ("list", {"team": ["red"]}),
+        ("object", {"team": {"red": 1}}),
+        ("int", {"n": 42}),
+        ("float", {"n": 42.0}),
+        ("text 42", {"n": "42"}),
+        ("big", {"n": 2**63 - 1}),
+        ("true", {"flag": True}),
+        ("text true", {"flag": "true"}),
+        ("null", {"none": None}),
+        ("empty", {}),
+    ]
+    for name, metadata in stored:
+        store.create_subject(name, metadata)
+
+    def found(key: str, value: str | None = None) -> list[str]:
+        return _names(store.list_subjects(where=SubjectFilter(metadata_key=key, metadata_value=value)))
+
+    assert found("team") == ["red", "Red", "list", "object"]
+    assert found("team", "red") == ["red"]  # strings exactly; arrays and objects never match
+    assert found("Team") == []  # keys are exact
+    assert found("n", "42") == ["int", "float", "text 42"]
+    assert found("n", "42.0") == ["int", "float"]  # a number, not the string "42"
+    assert found("n", "4.2e1") == ["int", "float"]
+    assert found("n", str(2**63 - 1)) == ["big"]
+    assert found("n", "1" + "0" * 30) == []  # beyond 64 bits: compared as a float, no overflow
+    assert found("n", " 42") == []
+    assert found("flag", "true") == ["true", "text true"]
+    assert found("flag", "True") == []
+    assert found("none") == ["null"]
+    assert found("none", "null") == ["null"]
+    assert found("missing") == []
+    with pytest.raises(ValueError, match="metadata_key"):
+        SubjectFilter(metadata_value="red")
+
+
+def test_filters_combine_and_keep_cursor_pagination(store: GalleryStore) -> None:
+    created = [
+        store.create_subject(f"{'Ann' if i % 3 else 'Bo'} {i}", {"team": "red" if i % 2 else "blue"})
+        for i in range(12)
+    ]
+    where = SubjectFilter(name_prefix="ann", metadata_key="team", metadata_value="red")
+    expected = [s.id for i, s in enumerate(created) if i % 3 and i % 2]
+    seen: list[str] = []
+    page = store.list_subjects(limit=2, where=where)
+    pages = 1
+    seen += [s.id for s in page.items]
+    while page.next_cursor:
+        page = store.list_subjects(page.next_cursor, limit=2, where=where)
+        pages += 1
+        seen += [s.id for s in page.items]
+    assert seen == expected  # [1, 5, 7, 11]: creation order, each once
+    assert pages == 2
+    # A cursor is a position: one from an unfiltered listing goes on with a filter.
+    unfiltered = store.list_subjects(limit=6)
+    rest = store.list_subjects(unfiltered.next_cursor, limit=50, where=where)
+    assert [s.id for s in rest.items] == expected[2:]
+    assert rest.next_cursor is None
+
+
+def test_duplicate_names_are_flagged_as_they_are_now(store: GalleryStore) -> None:
+    ann = store.create_subject("Ann Lee")
+    assert not ann.duplicate_name
+    other = store.create_subject("  ann LEE ")  # trimmed, any case: the same name
+    assert other.duplicate_name
+    assert store.get_subject(ann.id).duplicate_name  # worked out at read time, for both
+    assert [s.duplicate_name for s in store.list_subjects().items] == [True, True]
+    renamed = store.update_subject(other.id, name="Ann Lea")
+    assert not renamed.duplicate_name
+    assert not store.get_subject(ann.id).duplicate_name
+    assert store.update_subject(other.id, name="ANN LEE").duplicate_name
+    store.delete_subject(other.id)
+    assert not store.get_subject(ann.id).duplicate_name
+
+
+def test_unique_names_refuse_a_second_subject_and_a_rename(store: GalleryStore, backend: Backend) -> None:
+    ann = store.create_subject("Ann", {"k": 1})
+    bob = store.create_subject("Bob")
+    seq = store.change_seq()
+    with pytest.raises(DuplicateNameError) as refused:
+        store.create_subject(" ANN", unique_name=True)
+    assert refused.value.other_id == ann.id
+    with pytest.raises(DuplicateNameError):
+        store.update_subject(bob.id, name="ann", metadata={"x": 1}, unique_name=True)
+    assert backend.count_rows("subjects") == 2
+    assert store.get_subject(bob.id) == bob  # neither renamed nor its metadata replaced
+    assert store.change_seq() == seq  # the refused writes rolled back
+    # Its own name (another case) and metadata-only changes are no duplicates.
+    assert store.update_subject(ann.id, name="ANN", unique_name=True).name == "ANN"
+    store.create_subject("bob")  # flag (the default): allowed
+    assert store.update_subject(bob.id, metadata={"y": 2}, unique_name=True).duplicate_name
+
+
+def test_concurrent_unique_creates_of_one_name_let_one_in(backend: Backend) -> None:
+    stores = [backend.open() for _ in range(2)]  # two replicas (two connections to one SQLite file)
+    try:
+        stores[0].pin("pack-a", DIM)
+        barrier = threading.Barrier(8)
+
+        def create(i: int) -> bool:
+            barrier.wait()
+            try:
+                stores[i % 2].create_subject(f"Same Name{' ' * (i % 3)}", unique_name=True)
+            except DuplicateNameError:
+                return False
+            return True
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(create, range(8)))
+        assert results.count(True) == 1
+        assert backend.count_rows("subjects") == 1
+    finally:
+        for opened in stores:
+            opened.close()
+
+
+def test_the_name_prefix_is_an_index_range(store: GalleryStore, backend: Backend) -> None:
+    """The listing's own conditions, planned: the prefix is served by the name-key index."""
+    from service.gallery import postgres_store, sqlite_store
+
+    where = SubjectFilter(name_prefix="Al_")
+    if isinstance(backend, SqliteBackend):
+        conditions, params = sqlite_store._filter_sql(where)
+        with sqlite3.connect(backend.path) as conn:
+            query = f"EXPLAIN QUERY PLAN SELECT s.id FROM subjects s WHERE 1{conditions}"
+            plan = " ".join(str(row[-1]) for row in conn.execute(query, params))
+    else:
+        assert isinstance(backend, PostgresBackend)
+        conditions, params = postgres_store._filter_sql(where)
+        with psycopg.connect(backend.url) as pg:
+            pg.execute("SET enable_seqscan = off")  # an empty table: make the planner show what it can use
+            query = f"EXPLAIN SELECT s.id FROM subjects s WHERE true{conditions}"
+            plan = " ".join(str(row[0]) for row in pg.execute(query.encode(), params))
+    assert "subjects_by_name_key" in plan, plan
+    assert ("SEARCH" if isinstance(backend, SqliteBackend) else "Index Cond") in plan, plan  # a range
+
+
+def test_subjects_without_a_name_key_get_one_at_open(backend: Backend) -> None:
+    """Rows from before name search (or from older code) are keyed when the store opens."""
+    store = backend.open()
+    store.pin("pack-a", DIM)
+    store.create_subject("Émile")
+    store.create_subject("EMILE")
+    seq = store.change_seq()
+    store.close()
+    if isinstance(backend, SqliteBackend):
+        with sqlite3.connect(backend.path) as conn:  # a gallery file as older builds made it
+            conn.execute("DROP INDEX subjects_by_name_key")
+            conn.execute("ALTER TABLE subjects DROP COLUMN name_key")
+    else:
+        with psycopg.connect(backend.url) as conn:
+            conn.execute("UPDATE subjects SET name_key = NULL")
+    reopened = backend.open()
+    try:
+        assert _names(reopened.list_subjects(where=SubjectFilter(name_prefix="émi"))) == ["Émile"]
+        assert all(s.duplicate_name is False for s in reopened.list_subjects().items)  # "emile" ≠ "émile"
+        assert reopened.create_subject("émile").duplicate_name
+        assert reopened.change_seq() == seq + 1  # keying rows is no change of content
+    finally:
+        reopened.close()
+
+
+def test_metadata_that_is_not_json_matches_no_filter(sqlite_store: SqliteGalleryStore) -> None:
+    kept = sqlite_store.create_subject("kept", {"team": "red"})
+    broken = sqlite_store.create_subject("broken", {"team": "red"})
+    with sqlite3.connect(sqlite_store.path) as conn:
+        conn.execute("UPDATE subjects SET metadata = '{not json' WHERE id = ?", (broken.id,))
+    page = sqlite_store.list_subjects(where=SubjectFilter(metadata_key="team", metadata_value="red"))
+    assert [s.id for s in page.items] == [kept.id]
+    assert len(sqlite_store.list_subjects().items) == 2
+
+
+def test_imported_subjects_are_searchable_and_flagged_at_once(store: GalleryStore) -> None:
+    """``import_gallery`` writes the name key with the name, as create does (no reopen needed)."""
+    store.create_subject("Zoë Ash")
+    incoming = Subject("0b6f7c9e-0000-4000-8000-000000000001", "ZOË ASH", {"from": "archive"}, "t0", "t0")
+    store.import_gallery([incoming], [])
+    found = store.list_subjects(where=SubjectFilter(name_prefix="zoë"))
+    assert [(s.name, s.duplicate_name) for s in found.items] == [("Zoë Ash", True), ("ZOË ASH", True)]

@@ -38,6 +38,7 @@ from schemathesis.specs.openapi.checks import (
 
 from service.api.app import create_app
 from service.api.errors import PROBLEM_MEDIA_TYPE, REQUEST_ID_HEADER
+from service.settings import DEFAULT_COLLECTION
 from tests.api.conftest import admin_headers, api_settings, running_app
 from tests.robustness.conftest import heavy_run
 
@@ -83,6 +84,8 @@ def seed_gallery(data_dir: Path, pack_dir: Path, photo: Path) -> dict[str, str]:
         "subject_id": subject["id"],
         "face_id": enrolled.json()["results"][0]["face_id"],
         "key_id": key["id"],
+        # /v1/collections/{collection}/...: the seeded gallery (any other name is a 404).
+        "collection": DEFAULT_COLLECTION,
     }
 
 

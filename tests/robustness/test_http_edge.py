@@ -293,13 +293,19 @@ BODY_ROUTES = {
     ("POST", "/v1/embed"),
     ("POST", "/v1/verify"),
     ("POST", "/v1/identify"),
+    ("POST", "/v1/identify/embedding"),
     ("POST", "/v1/subjects"),
     ("PATCH", "/v1/subjects/{subject_id}"),
     ("POST", "/v1/subjects/{subject_id}/faces"),
     ("POST", "/v1/subjects/{subject_id}/merge"),
     ("POST", "/v1/faces/{face_id}/move"),
-    ("POST", "/v1/keys"),
+    ("POST", "/v1/gallery/import"),
 }
+# The gallery routes again under /v1/collections/{collection}/ (the keys are the service's: once).
+BODY_ROUTES |= {
+    (method, path.replace("/v1/", "/v1/collections/{collection}/", 1)) for method, path in BODY_ROUTES
+}
+BODY_ROUTES.add(("POST", "/v1/keys"))
 SOME_ID = "00000000-0000-4000-8000-000000000000"
 BAD_CREDENTIALS: tuple[tuple[str, list[tuple[str, str]]], ...] = (
     ("missing_api_key", []),

@@ -1,8 +1,8 @@
 """Security properties, checked against the running app (routes enumerated from the app itself).
 
 - every route except /healthz, /readyz, /metrics (and the API description: /openapi.json, /docs,
-  /redoc) refuses a missing, unknown, malformed or revoked key with 401, and a key without the
-  needed scope with 403;
+  /redoc; the web console's files under /ui) refuses a missing, unknown, malformed or revoked key
+  with 401, and a key without the needed scope with 403;
 - keys are stored only as SHA-256 hashes (the data dir, WAL included, never holds a key);
 - key checks compare fixed-length hashes with ``hmac.compare_digest``, and their timing does not
   depend on how much of a key's prefix is right;
@@ -41,7 +41,7 @@ from service.auth.authenticator import Authenticator
 from service.auth.keys import Scope, SqliteKeyStore, hash_key
 from service.packs.files import PackError
 from service.packs.loader import resolve_pack_dir
-from service.settings import Settings
+from service.settings import DEFAULT_COLLECTION, Settings
 from tests.api.conftest import ADMIN_KEY, admin_headers, running_app
 from tests.robustness.conftest import ServerFactory
 
@@ -53,6 +53,7 @@ PUBLIC_PATHS = {
     "/docs",
     "/docs/oauth2-redirect",
     "/redoc",
+    "/ui",  # the web console's files (redirected to /ui/): no data; every call they make needs a key
 }
 SOME_ID = "0f0e0d0c-0b0a-4908-8706-050403020100"
 TRAVERSALS = (
@@ -93,7 +94,8 @@ def routes_of(client: TestClient) -> list[tuple[str, str]]:
     for route in iter_route_contexts(client.app.routes):  # type: ignore[attr-defined]
         if route.path is None:
             continue
-        path = re.sub(r"\{[^}]+\}", SOME_ID, route.path)
+        # /v1/collections/{collection}/...: the default collection's name (an unknown one is a 404).
+        path = re.sub(r"\{[^}]+\}", SOME_ID, route.path.replace("{collection}", DEFAULT_COLLECTION))
         found.extend((method, path) for method in sorted(route.methods or ()) if method != "HEAD")
     return found
 
@@ -150,8 +152,11 @@ def test_every_protected_route_checks_its_scope(app_client: TestClient, scoped_k
                 assert response.status_code != 401
                 accepted.add(scope)
         accepted_by[(method, path)] = accepted
-    for (method, path), accepted in accepted_by.items():
-        if path.startswith("/v1/keys"):
+    for (method, collection_path), accepted in accepted_by.items():
+        path = re.sub(r"^/v1/collections/[^/]+/", "/v1/", collection_path)  # the same scopes as /v1/...
+        if path == "/v1/keys/me":  # the caller's own key: any valid key may ask
+            assert accepted == {"read", "enroll"}, (method, path, accepted)
+        elif path.startswith(("/v1/keys", "/v1/gallery")):  # keys, whole-gallery export/import
             assert accepted == set(), f"{method} {path} must need admin"
         elif path.startswith(("/v1/subjects", "/v1/faces")):  # the gallery: reads vs writes
             assert accepted == ({"read"} if method == "GET" else {"enroll"}), (method, path, accepted)

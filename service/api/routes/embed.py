@@ -4,22 +4,29 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, Depends
 
 from service.api.deps import ReadAccess, Resources
 from service.api.presenters import embed_response
+from service.api.request_bodies import form_or_json, image_bodies
 from service.api.responses import IMAGE_ERRORS
-from service.api.schemas import EmbedResponse
+from service.api.schemas import EmbedResponse, ImageForm, ImageJson
 from service.api.uploads import image_input
 from service.usecases.embed import embed_faces
 
-router = APIRouter(prefix="/v1", tags=["inference"])
+router = APIRouter(tags=["inference"])  # included under /v1 and /v1/collections/{collection}
 
 
-@router.post("/embed", summary="Embed every face", responses=IMAGE_ERRORS)
+@router.post(
+    "/embed",
+    summary="Embed every face",
+    responses=IMAGE_ERRORS,
+    openapi_extra=image_bodies(ImageForm, ImageJson),
+)
 async def embed(
-    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or PGM/PPM")],
     resources: Resources,
     _: ReadAccess,
+    body: Annotated[ImageForm | ImageJson, Depends(form_or_json(ImageForm, ImageJson))],
 ) -> EmbedResponse:
-    return embed_response(await embed_faces(resources, await image_input(image, "image")))
+    image = await image_input(body.image, "image", resources.settings.max_image_bytes)
+    return embed_response(await embed_faces(resources, image))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from fastapi import APIRouter, Depends, Query, Response, status
+from pydantic import AfterValidator
 
 from service.api.deps import EnrollAccess, ReadAccess, Resources
 from service.api.presenters import enrollment_response, face_out, subject_out
+from service.api.request_bodies import form_or_json, image_bodies
 from service.api.responses import AUTH_ERRORS, IMAGE_ERRORS, NOT_FOUND
 from service.api.schemas import (
+    EnrollForm,
+    EnrollJson,
     EnrollmentResponse,
     FaceList,
     Problem,
@@ -20,20 +24,45 @@ from service.api.schemas import (
     SubjectUpdate,
 )
 from service.api.uploads import image_inputs
-from service.settings import FacePolicy
+from service.gallery.input_limits import MAX_METADATA_KEY_CHARS, MAX_NAME_CHARS, check_name
 from service.usecases import subjects
 from service.usecases.enroll import EnrollRequest, enroll
 
-router = APIRouter(prefix="/v1/subjects", tags=["gallery"], responses=AUTH_ERRORS)
+router = APIRouter(prefix="/subjects", tags=["gallery"], responses=AUTH_ERRORS)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, summary="Create a subject")
+# Longer string values are stored (metadata may reach 16 KiB) but not searched for.
+MAX_FILTER_VALUE_CHARS = 1024
+
+
+def _without_nul(text: str | None) -> str | None:
+    """Refuse NUL: PostgreSQL's text and JSONB cannot hold it, so no backend is asked for it."""
+    if text is not None and "\x00" in text:
+        raise ValueError(f"NUL (U+0000) at position {text.index(chr(0))} is not allowed")
+    return text
+
+
+_DUPLICATE_NAME: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": Problem,
+        "description": "FACE_DUPLICATE_NAMES=refuse and another subject has this name (trimmed, any "
+        "case): `duplicate_name` on `body.name`; nothing was written",
+    }
+}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, summary="Create a subject", responses=_DUPLICATE_NAME)
 async def create_subject(body: SubjectCreate, resources: Resources, _: EnrollAccess) -> SubjectOut:
     subject = await subjects.create_subject(resources, body.name, body.metadata)
     return subject_out(subject)
 
 
-@router.get("", summary="List subjects (creation order, cursor pagination)")
+@router.get(
+    "",
+    summary="List subjects (creation order, cursor pagination), optionally filtered",
+    description="Filters combine with AND; pages keep creation order. A cursor is a position in that "
+    "order, so it works with any filters (they are applied again on every page).",
+)
 async def list_subjects(
     resources: Resources,
     _: ReadAccess,
@@ -41,8 +70,38 @@ async def list_subjects(
     cursor: Annotated[
         str | None, Query(max_length=200, description="`next_cursor` of the previous page")
     ] = None,
+    name_prefix: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=MAX_NAME_CHARS,
+            description="names starting with this, ignoring case (Unicode case folding) and the name's "
+            "leading spaces; `%` and `_` are plain characters; control characters are refused, as in names",
+        ),
+        AfterValidator(check_name),
+    ] = None,
+    metadata_key: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=MAX_METADATA_KEY_CHARS,
+            description="metadata has this top-level key (exact case)",
+        ),
+        AfterValidator(_without_nul),
+    ] = None,
+    metadata_value: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_FILTER_VALUE_CHARS,
+            description="with `metadata_key`: its value is this string exactly, or, when this is spelled "
+            "as a JSON number or `true`/`false`/`null`, that number (42 matches 42 and 42.0) or literal; "
+            "object and array values never match",
+        ),
+        AfterValidator(_without_nul),
+    ] = None,
 ) -> SubjectPage:
-    page = await subjects.list_subjects(resources, cursor, limit)
+    where = subjects.subject_filter(name_prefix, metadata_key, metadata_value)
+    page = await subjects.list_subjects(resources, cursor, limit, where)
     return SubjectPage(subjects=[subject_out(s) for s in page.items], next_cursor=page.next_cursor)
 
 
@@ -54,7 +113,7 @@ async def get_subject(subject_id: str, resources: Resources, _: ReadAccess) -> S
 @router.patch(
     "/{subject_id}",
     summary="Rename a subject or replace its metadata",
-    responses=NOT_FOUND,
+    responses={**NOT_FOUND, **_DUPLICATE_NAME},
 )
 async def update_subject(
     subject_id: str, body: SubjectUpdate, resources: Resources, _: EnrollAccess
@@ -106,19 +165,14 @@ async def list_subject_faces(subject_id: str, resources: Resources, _: ReadAcces
         **NOT_FOUND,
         422: {"model": Problem, "description": "no image gave an acceptable face (reasons in `errors`)"},
     },
+    openapi_extra=image_bodies(EnrollForm, EnrollJson),
 )
 async def enroll_faces(
     subject_id: str,
-    images: Annotated[list[UploadFile], File(description="one or more images, one person each")],
     resources: Resources,
     _: EnrollAccess,
-    face_policy: Annotated[
-        FacePolicy | None,
-        Form(
-            description="for images with several faces of enrollment size: enroll the one this policy "
-            "chooses (largest, centre, score); unset: such images are refused (multiple_faces)"
-        ),
-    ] = None,
+    body: Annotated[EnrollForm | EnrollJson, Depends(form_or_json(EnrollForm, EnrollJson))],
 ) -> EnrollmentResponse:
-    request = EnrollRequest(subject_id, await image_inputs(images, "images"), face_policy)
+    images = await image_inputs(body.images, "images", resources.settings.max_image_bytes)
+    request = EnrollRequest(subject_id, images, body.face_policy)
     return enrollment_response(await enroll(resources, request))

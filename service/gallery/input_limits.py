@@ -1,4 +1,5 @@
-"""What a client may store as a name or as metadata: checked at the API edge, before anything is written.
+"""What a client may store as a name or as metadata: checked before anything is written (the API's
+bodies and imported archives alike).
 
 Everything stored must come back out as JSON on every later read, so only values that do are
 accepted: valid Unicode (no lone UTF-16 surrogates), finite numbers (no NaN/Infinity), integers
