@@ -28,6 +28,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import AcceptedNegativeData
+from schemathesis.core.mutations import OperatorKind
+from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
@@ -67,6 +70,40 @@ def problem_details(ctx: Any, response: Any, case: Any) -> bool | None:
     request_id = response.headers.get(REQUEST_ID_HEADER.lower(), [""])
     assert body["request_id"] == (request_id[0] if isinstance(request_id, list) else request_id)
     return None
+
+
+def _string_url_parameters(operation: Any) -> set[str]:
+    """Names of the operation's query and path parameters whose schema takes a string."""
+    names = set()
+    for parameter in operation.definition.raw.get("parameters", []):
+        schema = parameter.get("schema", {})
+        types = {schema.get("type")} | {option.get("type") for option in schema.get("anyOf", [])}
+        if parameter.get("in") in {"query", "path"} and "string" in types:
+            names.add(parameter["name"])
+    return names
+
+
+def url_aware_negative_data_rejection(ctx: Any, response: Any, case: Any) -> bool | None:
+    """``negative_data_rejection``, except for a type change of a string parameter in the URL.
+
+    A URL carries only text: schemathesis's "not a string" value for a string query parameter
+    (``name_prefix=4.31e+182``) reaches the service as the string it serializes to, a valid value
+    (a known schemathesis false positive). Any other accepted violation (too long, missing, a bad
+    pattern, a body of the wrong type) still fails.
+    """
+    try:
+        return negative_data_rejection(ctx, response, case)
+    except AcceptedNegativeData:
+        mutations = getattr(case.meta.phase.data, "mutations", ()) if case.meta else ()
+        strings = _string_url_parameters(case.operation)
+        if mutations and all(
+            m.operator is OperatorKind.CHANGE_TYPE
+            and m.parameter_location in {ParameterLocation.QUERY, ParameterLocation.PATH}
+            and m.parameter in strings
+            for m in mutations
+        ):
+            return None
+        raise
 
 
 def seed_gallery(data_dir: Path, pack_dir: Path, photo: Path) -> dict[str, str]:
@@ -137,7 +174,7 @@ def test_every_route_survives_schema_fuzzing(
         for mode, examples, path_parameters in plans:
             checks = [*CONFORMANCE, problem_details]
             if mode is GenerationMode.NEGATIVE:
-                checks.append(negative_data_rejection)
+                checks.append(url_aware_negative_data_rejection)
             strategy = operation.as_strategy(generation_mode=mode, path_parameters=path_parameters or None)
             label = f"{operation.label} [{mode.value}{', real ids' if path_parameters else ''}]"
             try:
