@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -98,13 +99,10 @@ class ServiceResources:
 
 
 def _close_galleries(galleries: list[Gallery]) -> None:
-    distinct = list({id(gallery): gallery for gallery in galleries}.values())
-    if not distinct:
-        return
-    try:
-        distinct[0].close()
-    finally:
-        _close_galleries(distinct[1:])
+    """Close each distinct gallery once; one that fails to close does not keep the others open."""
+    with ExitStack() as closing:
+        for gallery in {id(gallery): gallery for gallery in galleries}.values():
+            closing.callback(gallery.close)
 
 
 def build_resources(settings: Settings, metrics: ServiceMetrics | None = None) -> ServiceResources:
