@@ -321,6 +321,26 @@ class SubjectOut(_Out):
 
 
 class SubjectPage(_Out):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "subjects": [
+                        {
+                            "id": _EXAMPLE_SUBJECT_ID,
+                            "name": "John Simm",
+                            "metadata": {"team": "red"},
+                            "face_count": 5,
+                            "created_at": "2025-01-31T10:15:02+00:00",
+                            "updated_at": "2025-01-31T10:15:02+00:00",
+                            "duplicate_name": False,
+                        }
+                    ],
+                    "next_cursor": "Mg",
+                }
+            ]
+        }
+    )
     subjects: list[SubjectOut]
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
 
@@ -373,6 +393,27 @@ class EnrollmentResponse(_Out):
 
 
 class FaceOut(_Out):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": _EXAMPLE_FACE_ID,
+                    "subject_id": _EXAMPLE_SUBJECT_ID,
+                    "pack_id": "sface-retinaface-4836e287",
+                    "det_score": 0.998,
+                    "quality": {
+                        "size": 142.0,
+                        "det_score": 0.998,
+                        "sharpness": 311.5,
+                        "yaw_deg": 4.1,
+                        "pitch_deg": -2.0,
+                        "roll_deg": -2.1,
+                    },
+                    "created_at": "2025-01-31T10:15:02+00:00",
+                }
+            ]
+        }
+    )
     id: str
     subject_id: str
     pack_id: str
@@ -420,7 +461,19 @@ class KeyCreate(_In):
     )
 
 
+_EXAMPLE_KEY: JsonDict = {
+    "id": "3f9c0a1b2d4e",
+    "name": "gate-2",
+    "scopes": ["read"],
+    "collections": ["default", "kiosk"],
+    "created_at": "2025-01-31T10:15:02+00:00",
+    "revoked_at": None,
+    "active": True,
+}
+
+
 class KeyOut(_Out):
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE_KEY]})
     id: str
     name: str
     scopes: list[Scope]
@@ -431,6 +484,9 @@ class KeyOut(_Out):
 
 
 class KeyCreated(KeyOut):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [_EXAMPLE_KEY | {"key": "fsk_3f9c0a1b2d4e_" + "x" * 43}]}
+    )
     key: str = Field(description="the secret key: shown once, store it now")
 
 
@@ -440,6 +496,14 @@ class KeyList(_Out):
 
 class CallerKeyOut(_Out):
     """The key a request was made with (``GET /v1/keys/me``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"id": "3f9c0a1b2d4e", "name": "gate-2", "scopes": ["read"], "collections": ["kiosk"]}
+            ]
+        }
+    )
 
     id: str = Field(description='the key\'s id; "env" for FACE_API_KEY, "auth-disabled" with auth off')
     name: str
@@ -489,6 +553,32 @@ class CollectionOut(CollectionRef):
 
 
 class CollectionList(_Out):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "collections": [
+                        {
+                            "name": "default",
+                            "pack_id": "sface-retinaface-4836e287",
+                            "embedding_size": 128,
+                            "threshold": {"name": "default", "value": 0.381},
+                            "subjects": 120,
+                            "faces": 604,
+                        },
+                        {
+                            "name": "kiosk",
+                            "pack_id": "sface-yunet-0c1d2e3f",
+                            "embedding_size": 128,
+                            "threshold": {"name": "default", "value": 0.381},
+                            "subjects": 12,
+                            "faces": 40,
+                        },
+                    ]
+                }
+            ]
+        }
+    )
     collections: list[CollectionOut] = Field(description="the default collection first, then by name")
 
 
