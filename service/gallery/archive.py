@@ -51,7 +51,6 @@ from service.gallery.store import (
     SubjectNotFoundError,
     SubjectPage,
     decode_png,
-    encode_png,
 )
 from service.pipeline.types import FloatArray
 
@@ -67,6 +66,10 @@ _ID = r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}"
 _CROP_MEMBER = re.compile(rf"crops/({_ID})\.png")
 _MAX_MANIFEST_BYTES = 256 * 1024 * 1024  # one entry (~130 bytes) per crop: room for ~2M faces
 _MAX_MEMBERS = 4_000_000
+# A stored crop is the face box with margin, resized (~170 px a side): anything far larger is no crop of
+# ours, and a tiny PNG can claim huge dimensions (a decompression bomb), so the header is read first.
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_CROP_SIDE = 2048
 _UNIT_NORM_TOLERANCE = 1e-3
 _CHUNK = 1024 * 1024
 _SPOOL_BYTES = 8 * 1024 * 1024  # members built in memory up to this size, then in a temp file
@@ -289,7 +292,7 @@ def write_archive(source: GalleryReader, pack: PackPin, out: IO[bytes]) -> Archi
                     member = None
                     if crop is not None:
                         member = f"crops/{record.id}.png"
-                        digests.add_bytes(tar, member, encode_png(crop.image), now)
+                        digests.add_bytes(tar, member, crop.png_bytes(), now)
                         crops += 1
                     landmarks = None if crop is None else np.asarray(crop.landmarks, np.float64).tolist()
                     face_lines.write(
@@ -356,11 +359,12 @@ class OpenArchive:
         expected = self.manifest.members[face.crop]
         if len(data) != expected.size or hashlib.sha256(data).hexdigest() != expected.sha256:
             raise ArchiveError(f"{face.crop} changed since the archive was verified; nothing was imported")
+        _check_png_size(face.crop, data)
         try:
             image = decode_png(data)
         except ValueError as error:
             raise ArchiveError(f"{face.crop}: {error}") from None
-        return StoredCrop(image, np.asarray(face.landmarks, dtype=np.float32))
+        return StoredCrop(image, np.asarray(face.landmarks, dtype=np.float32), png=data)
 
     def iter_crops(self, faces: Sequence[ArchivedFace]) -> Iterator[StoredCrop | None]:
         for face in faces:
@@ -382,6 +386,15 @@ def _reading(what: str) -> Iterator[None]:
             f"the archive is truncated or not a gallery archive (reading {what}: "
             f"{error or type(error).__name__})"
         ) from None
+
+
+def _check_png_size(member: str, data: bytes) -> None:
+    """Refuse a crop that is not a PNG, or whose header claims more than MAX_CROP_SIDE a side."""
+    if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        raise ArchiveError(f"{member} is not a PNG image")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if not 0 < width <= MAX_CROP_SIDE or not 0 < height <= MAX_CROP_SIDE:
+        raise ArchiveError(f"{member} is {width}x{height} pixels; a crop is at most {MAX_CROP_SIDE} a side")
 
 
 def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo, limit: int | None = None) -> bytes:

@@ -71,7 +71,6 @@ from service.gallery.store import (
     SubjectNotFoundError,
     SubjectPage,
     decode_png,
-    encode_png,
     like_prefix,
     name_key,
 )
@@ -883,7 +882,7 @@ def _encoded_crop(crop: StoredCrop | None) -> tuple[bytes, Jsonb] | None:
     landmarks = np.asarray(crop.landmarks, dtype=np.float64)
     if landmarks.shape != (5, 2):
         raise ValueError(f"crop landmarks must be (5, 2), got {landmarks.shape}")
-    return encode_png(crop.image), Jsonb(landmarks.tolist())
+    return crop.png_bytes(), Jsonb(landmarks.tolist())
 
 
 def _insert_imported(conn: Connection, subjects: Sequence[Subject], rows: Sequence[_ImportedRow]) -> None:
@@ -1029,7 +1028,8 @@ def _face_record(row: tuple[Any, ...]) -> FaceRecord:
 def _crop(png: bytes, landmarks: object) -> StoredCrop:
     if isinstance(landmarks, str):  # JSONB loads as Python values; a text copy still decodes
         landmarks = json.loads(landmarks)
-    return StoredCrop(decode_png(bytes(png)), np.asarray(landmarks, dtype=np.float32))
+    data = bytes(png)
+    return StoredCrop(decode_png(data), np.asarray(landmarks, dtype=np.float32), png=data)
 
 
 def _redacted(url: str) -> str:

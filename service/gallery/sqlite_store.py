@@ -54,7 +54,6 @@ from service.gallery.store import (
     SubjectNotFoundError,
     SubjectPage,
     decode_png,
-    encode_png,
     is_storage_full,
     like_prefix,
     name_key,
@@ -546,7 +545,7 @@ class SqliteGalleryStore:
             landmarks = np.asarray(face.crop.landmarks, dtype=np.float64)
             if landmarks.shape != (5, 2):
                 raise ValueError(f"crop landmarks must be (5, 2), got {landmarks.shape}")
-            crop = (encode_png(face.crop.image), json.dumps(landmarks.tolist()))
+            crop = (face.crop.png_bytes(), json.dumps(landmarks.tolist()))
         return str(uuid.uuid4()), embedding.tobytes(), json.dumps(quality), crop
 
     _FACE_COLUMNS = (
@@ -912,7 +911,7 @@ def _face_record(row: sqlite3.Row) -> FaceRecord:
 
 
 def _crop(png: bytes, landmarks_json: str) -> StoredCrop:
-    return StoredCrop(decode_png(png), np.asarray(json.loads(landmarks_json), dtype=np.float32))
+    return StoredCrop(decode_png(png), np.asarray(json.loads(landmarks_json), dtype=np.float32), png=png)
 
 
 def _matrix(blobs: Sequence[bytes], embedding_size: int) -> FloatArray:

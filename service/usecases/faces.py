@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.gallery.store import FaceRecord, SubjectNotFoundError, encode_png
+from service.gallery.store import FaceRecord, SubjectNotFoundError
 from service.usecases.errors import FaceHasNoCropError, TargetSubjectNotFoundError
 from service.usecases.resources import ServiceResources
 from service.usecases.threads import in_worker
@@ -17,7 +17,7 @@ async def face_crop_png(resources: ServiceResources, face_id: str) -> bytes:
 
     def read() -> bytes | None:
         crop = resources.gallery.get_crop(face_id)
-        return None if crop is None else encode_png(crop.image)
+        return None if crop is None else crop.png_bytes()
 
     png = await in_worker(read)
     if png is None:

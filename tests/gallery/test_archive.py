@@ -490,3 +490,15 @@ def test_subjects_the_api_would_refuse_are_refused(
     forged = "\n".join([json.dumps(subject), *lines[1:]]).encode() + b"\n"
     crafted = _rebuilt(source[0], tmp_path / "forged.tar", {"subjects.jsonl": forged})
     _refused_without_writes(tmp_path, default_pipeline, crafted, ArchiveError, why)
+
+
+def test_a_crop_claiming_huge_dimensions_is_refused_before_decoding(
+    tmp_path: Path, source: tuple[Path, Any, Any], default_pipeline: FacePipeline
+) -> None:
+    # A decompression bomb's shape: a small PNG whose header claims 30000x30000 pixels (2.7 GB decoded).
+    members = _members(source[0])
+    name = next(member for member in members if member.startswith("crops/"))
+    png = bytearray(members[name])
+    png[16:24] = (30000).to_bytes(4, "big") * 2
+    crafted = _rebuilt(source[0], tmp_path / "bomb.tar", {name: bytes(png)})
+    _refused_without_writes(tmp_path, default_pipeline, crafted, ArchiveError, "at most 2048 a side")
