@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from service.gallery.gallery import ReplicationStatus
+from service.usecases.collections import collections_of
 from service.usecases.resources import ServiceResources
 from service.usecases.threads import in_worker
 
@@ -84,6 +85,6 @@ async def readiness(resources: ServiceResources | None) -> Readiness:
 
 
 async def render_metrics(resources: ServiceResources) -> bytes:
-    """The Prometheus text exposition, gallery sizes read now (rendered off the event loop)."""
-    sizes = await in_worker(resources.gallery.sizes)
+    """The Prometheus text exposition, every collection's gallery sizes read now (off the event loop)."""
+    sizes = {c.collection: await in_worker(c.gallery.sizes) for c in collections_of(resources)}
     return await in_worker(resources.metrics.render, sizes)

@@ -7,6 +7,8 @@ so that one exposition holds everything.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from service.gallery.gallery import GallerySizes
@@ -35,24 +37,27 @@ class ServiceMetrics:
             ["reason"],
             registry=self.registry,
         )
+        # One series per collection ("default" included): sum() for the service's totals.
         self.gallery_subjects = Gauge(
-            "face_gallery_subjects", "Subjects in the gallery.", registry=self.registry
+            "face_gallery_subjects", "Subjects in the gallery.", ["collection"], registry=self.registry
         )
         self.gallery_faces = Gauge(
-            "face_gallery_faces", "Enrolled faces in the gallery.", registry=self.registry
+            "face_gallery_faces", "Enrolled faces in the gallery.", ["collection"], registry=self.registry
         )
         # Equal to face_gallery_faces when the search index agrees with the store (worth an alert if not).
         self.gallery_indexed_faces = Gauge(
-            "face_gallery_indexed_faces", "Faces in the search index.", registry=self.registry
+            "face_gallery_indexed_faces", "Faces in the search index.", ["collection"], registry=self.registry
         )
 
     def observe_batch(self, size: int) -> None:
         """Hook for the embedding micro-batcher."""
         self.embedding_batch_size.observe(size)
 
-    def render(self, sizes: GallerySizes) -> bytes:
-        """The text exposition, with the gallery sizes read at scrape time (blocking: a worker thread)."""
-        self.gallery_subjects.set(sizes.subjects)
-        self.gallery_faces.set(sizes.faces)
-        self.gallery_indexed_faces.set(sizes.indexed_faces)
+    def render(self, sizes: Mapping[str, GallerySizes]) -> bytes:
+        """The text exposition, with each collection's gallery sizes read at scrape time (blocking: a
+        worker thread)."""
+        for collection, size in sizes.items():
+            self.gallery_subjects.labels(collection=collection).set(size.subjects)
+            self.gallery_faces.labels(collection=collection).set(size.faces)
+            self.gallery_indexed_faces.labels(collection=collection).set(size.indexed_faces)
         return generate_latest(self.registry)

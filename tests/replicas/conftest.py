@@ -116,4 +116,5 @@ def metric(text: str, name: str) -> float:
 def index_and_rows(replica: LocalServer) -> tuple[int, int]:
     """(faces in this replica's search index, faces in the shared store), from ``/metrics``."""
     text = httpx.get(f"{replica.base_url}/metrics", headers=replica.headers, timeout=30.0).text
-    return int(metric(text, "face_gallery_indexed_faces")), int(metric(text, "face_gallery_faces"))
+    indexed = metric(text, 'face_gallery_indexed_faces{collection="default"}')
+    return int(indexed), int(metric(text, 'face_gallery_faces{collection="default"}'))

@@ -189,8 +189,9 @@ def check_after_restart(server: LocalServer, ledger: Ledger) -> dict[str, int]:
         base_url=server.base_url, headers={"X-API-Key": server.api_key}, timeout=60.0
     ) as client:
         metrics = client.get("/metrics").text
-        assert metric(metrics, "face_gallery_faces") == len(faces_in_store)
-        assert metric(metrics, "face_gallery_indexed_faces") == len(faces_in_store), "index != rows"
+        assert metric(metrics, 'face_gallery_faces{collection="default"}') == len(faces_in_store)
+        indexed = metric(metrics, 'face_gallery_indexed_faces{collection="default"}')
+        assert indexed == len(faces_in_store), "index != rows"
 
         # Every acknowledged subject and face is there, through the API.
         for subject_id in ledger.subjects:

@@ -144,8 +144,13 @@ def test_each_collection_has_its_own_pack_subjects_and_index(
         refused = client.get("/v1/collections/lobby/subjects", headers={"X-API-Key": limited.json()["key"]})
         assert refused.status_code == 403
         assert refused.json()["type"].endswith(":collection_not_allowed")
-        # Latency metrics name the collection routes' template, not each collection.
-        assert 'route="/v1/collections/{collection}/identify"' in client.get("/metrics").text
+        # Latency metrics name the collection routes' template, not each collection; gallery sizes
+        # are per collection.
+        metrics = client.get("/metrics").text
+        assert 'route="/v1/collections/{collection}/identify"' in metrics
+        counts = _collections(client)
+        for name in ("default", "kiosk"):
+            assert f'face_gallery_faces{{collection="{name}"}} {float(counts[name]["faces"])}' in metrics
 
     # Over a restart each collection keeps its gallery and its pin.
     with _app(tmp_path, models_dir, database_url) as client:

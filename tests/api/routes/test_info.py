@@ -25,7 +25,7 @@ def test_info_and_metrics_describe_the_running_service(enrolled: Enrolled, johns
     text = metrics.text
     assert 'route="/v1/identify"' in text
     assert 'route="/v1/subjects/{subject_id}/faces"' in text
-    assert f"face_gallery_faces {float(info['gallery']['faces'])}" in text
+    assert f'face_gallery_faces{{collection="default"}} {float(info["gallery"]["faces"])}' in text
     embedded = [line for line in text.splitlines() if line.startswith("face_faces_embedded_total")]
     assert embedded
     assert float(embedded[0].split()[-1]) >= info["gallery"]["faces"]
