@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,9 @@ import pytest
 from PIL import Image
 
 from benchmarks.local_server import LocalServer
+from tests.ui.conftest import sign_in
 
 PERSON = "John_Simm"
-TIMEOUT_MS = 20_000  # two shared CPU cores: enrollment of a few photos takes seconds
 
 
 @pytest.fixture(scope="module")
@@ -33,43 +32,6 @@ def photos(shared_faces: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def other_photos(shared_faces: Path) -> list[Path]:
     return sorted((shared_faces / "dlib_johns" / "John_Salley").glob("*.jpg"))[:2]
-
-
-@pytest.fixture
-def page(browser: Any, console_server: LocalServer) -> Iterator[Any]:
-    """A fresh tab (fresh sessionStorage) that accepts confirm() dialogs and fails on page errors."""
-    from playwright.sync_api import expect
-
-    expect.set_options(timeout=TIMEOUT_MS)
-    context = browser.new_context(viewport={"width": 1100, "height": 800})
-    tab = context.new_page()
-    tab.set_default_timeout(TIMEOUT_MS)
-    problems: list[str] = []
-    # A CSP violation, a script error or a missing file shows up here: the console must run clean
-    # under its policy. (A 422 the tests provoke is logged by chromium too; the page shows its reasons.)
-    expected = "the server responded with a status of 422"
-
-    def on_console(message: Any) -> None:
-        if message.type == "error" and expected not in message.text:
-            problems.append(message.text)
-
-    tab.on("console", on_console)
-    tab.on("pageerror", lambda error: problems.append(str(error)))
-    tab.on("dialog", lambda dialog: dialog.accept())
-    yield tab
-    context.close()
-    assert problems == [], problems
-
-
-def sign_in(page: Any, server: LocalServer, key: str) -> None:
-    from playwright.sync_api import expect
-
-    page.goto(f"{server.base_url}/ui")  # the redirect to /ui/ is followed
-    assert page.url == f"{server.base_url}/ui/"
-    page.fill("#api-key", key)
-    page.click("#sign-in-form button[type=submit]")
-    expect(page.locator("#who")).to_be_visible()
-    expect(page.locator("#view-subjects")).to_be_visible()
 
 
 def subject_id_from_url(page: Any) -> str:

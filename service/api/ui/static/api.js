@@ -2,15 +2,30 @@
 // sessionStorage (gone when the tab closes; never in a URL, a cookie or localStorage).
 
 const KEY_ITEM = "face-service.api-key";
+const COLLECTION_ITEM = "face-service.collection";
 
 export const session = {
   key: () => sessionStorage.getItem(KEY_ITEM),
   signIn: (key) => sessionStorage.setItem(KEY_ITEM, key),
-  signOut: () => sessionStorage.removeItem(KEY_ITEM),
+  signOut: () => {
+    sessionStorage.removeItem(KEY_ITEM);
+    sessionStorage.removeItem(COLLECTION_ITEM);
+  },
+  collection: () => sessionStorage.getItem(COLLECTION_ITEM),
+  chooseCollection: (name) => sessionStorage.setItem(COLLECTION_ITEM, name),
 };
 
 // The signed-in key (GET /v1/keys/me): enroll, edit and delete controls exist only when it may.
-export const caller = { id: null, canEnroll: false };
+// `collections` are the ones GET /v1/collections lists for it; `collection` is the one in use.
+export const caller = { id: null, canEnroll: false, collections: [], collection: "default" };
+
+// A gallery route's path for the collection in use: /v1/... for the default one (a key limited to
+// default may use it as it is), /v1/collections/{name}/... for the others. Keys, info and the
+// collection list are the service's and stay unprefixed. A call made after an await names the
+// collection its view started with: the picker may have changed meanwhile.
+export function gallery(path, name = caller.collection) {
+  return name === "default" ? `/v1${path}` : `/v1/collections/${encodeURIComponent(name)}${path}`;
+}
 
 // An API refusal: the problem body's status, code, detail and field errors (RFC 7807).
 export class ApiProblem extends Error {

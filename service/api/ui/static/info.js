@@ -1,12 +1,32 @@
-// The service page: pack, thresholds, index and gallery size (GET /v1/info).
+// The service page: pack, thresholds, index and gallery size (GET /v1/info: the default
+// collection's), and every collection the key may use with its pack and counts (GET /v1/collections).
 
-import { api } from "./api.js";
+import { api, caller } from "./api.js";
 import { $, el } from "./dom.js";
 
+const cells = (...texts) => texts.map((text) => el("td", { textContent: String(text) }));
+
+async function showCollections() {
+  const { collections } = await api.get("/v1/collections");
+  $("#info-collections tbody").replaceChildren(...collections.map((c) => el(
+    "tr", { className: c.name === caller.collection ? "current" : "" },
+    ...cells(c.name, c.pack_id, c.embedding_size, `${c.threshold.name} = ${c.threshold.value.toFixed(4)}`, c.subjects, c.faces),
+  )));
+}
+
 export async function showInfo() {
+  await showCollections();
+  const mayUseDefault = caller.collections.some((c) => c.name === "default");
+  $("#info-points").hidden = $("#info-points-title").hidden = !mayUseDefault;
+  if (!mayUseDefault) { // GET /v1/info would be refused: it is about the default collection
+    const note = "GET /v1/info describes the default collection, which this key may not use";
+    $("#info-facts").replaceChildren(el("dt", { textContent: "service" }), el("dd", { textContent: note }));
+    return;
+  }
   const info = await api.get("/v1/info");
   const gallery = info.gallery;
   const facts = [
+    ...(caller.collections.length > 1 ? [["collection", "default (every collection: the table below)"]] : []),
     ["pack", `${info.pack_id} — ${info.pack_description}`],
     ["embedding", `${info.embedding_size} floats from ${info.embedder_input_size.join("×")} chips` +
       (info.flip_augmentation ? ", flip TTA" : "")],
@@ -22,7 +42,7 @@ export async function showInfo() {
   }
   $("#info-facts").replaceChildren(...facts.flatMap(([name, value]) => [el("dt", { textContent: name }), el("dd", { textContent: value })]));
   const rows = Object.entries(info.operating_points).map(([name, point]) =>
-    el("tr", {}, ...[name, point.threshold.toFixed(4), point.far ?? "—", point.source].map((text) => el("td", { textContent: String(text) }))),
+    el("tr", {}, ...cells(name, point.threshold.toFixed(4), point.far ?? "—", point.source)),
   );
   $("#info-points tbody").replaceChildren(...rows);
 }

@@ -1,7 +1,7 @@
 // Identify (a photo, or a webcam frame when the browser offers one) and verify two photos. The
 // photos go to this service only; they are shown from blob: URLs with the answer's boxes over them.
 
-import { api, track } from "./api.js";
+import { api, gallery, track } from "./api.js";
 import { $, el, onAction } from "./dom.js";
 
 let stream = null; // the webcam, while it is on
@@ -33,7 +33,7 @@ async function identify(blob, filename) {
   form.append("image", blob, filename);
   const threshold = $("#identify-threshold").value.trim();
   if (threshold) form.append("threshold", threshold);
-  const answer = await api.upload("/v1/identify", form);
+  const answer = await api.upload(gallery("/identify"), form);
   const figure = $("#identify-result");
   await showPhoto(figure, $("#identify-photo"), blob);
   const boxes = answer.faces.map((face) => {
@@ -55,7 +55,7 @@ async function verify() {
   const form = new FormData();
   form.append("image_a", a, a.name);
   form.append("image_b", b, b.name);
-  const answer = await api.upload("/v1/verify", form);
+  const answer = await api.upload(gallery("/verify"), form);
   const t = answer.threshold;
   const sign = answer.match ? "≥" : "<";
   $("#verify-verdict").textContent = `${answer.match ? "Same person" : "Different people"}: similarity ` +
@@ -67,6 +67,13 @@ async function verify() {
     await showPhoto(figure, img, file);
     drawBoxes(figure, img, [{ box: face.box, label: `face ${face.face_index + 1} of ${face.faces_in_image}`, unknown: !answer.match }]);
   }
+}
+
+// Another collection: answers from the previous one's gallery are not left on show.
+export function clearResults() {
+  $("#identify-result").hidden = $("#verify-fig-a").hidden = $("#verify-fig-b").hidden = true;
+  $("#identify-list").replaceChildren();
+  $("#verify-verdict").textContent = "";
 }
 
 export function stopCamera() {
