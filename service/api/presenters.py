@@ -29,6 +29,7 @@ from service.api.schemas import (
     EnrollmentItem,
     EnrollmentResponse,
     FaceOut,
+    GalleryImportResponse,
     GalleryInfo,
     IdentifiedFaceOut,
     IdentifyResponse,
@@ -55,6 +56,7 @@ from service.usecases.collections import CollectionInfo
 from service.usecases.detect import DetectResult
 from service.usecases.embed import EmbedResult
 from service.usecases.enroll import EnrollmentResult, ImageOutcome
+from service.usecases.gallery_archive import ImportReport
 from service.usecases.identify import IdentifyResult
 from service.usecases.info import ServiceInfo
 from service.usecases.keys import CallerKey
@@ -334,4 +336,19 @@ def replication_out(status: ReplicationStatus | None) -> ReplicationOut | None:
         lag_changes=status.lag_changes,
         lag_s=round(status.lag_s, 3),
         following=status.following,
+    )
+
+
+def import_response(report: ImportReport) -> GalleryImportResponse:
+    return GalleryImportResponse(
+        source_pack_id=report.source_pack.pack_id,
+        pack_id=report.pack.pack_id,
+        subjects=report.subjects,
+        faces=report.faces,
+        reembedded=report.reembedded,
+        skipped_subjects=report.skipped_subjects,
+        skipped_faces=report.skipped_faces,
+        skipped_without_crop=report.skipped_without_crop,
+        new_subject_ids=report.new_subject_ids,
+        new_face_ids=report.new_face_ids,
     )

@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from service.api.deps import AdminAccess, Resources
+from service.api.presenters import import_response
 from service.api.responses import AUTH_ERRORS
 from service.api.schemas import GalleryImportResponse, Problem
 from service.gallery.archive import MEDIA_TYPE
@@ -95,16 +96,4 @@ async def import_gallery(
     ] = False,
 ) -> GalleryImportResponse:
     options = ImportOptions(on_conflict=on_conflict, skip_faces_without_crop=skip_faces_without_crop)
-    report = await gallery_archive.import_gallery(resources, file.file, options)
-    return GalleryImportResponse(
-        source_pack_id=report.source_pack.pack_id,
-        pack_id=report.pack.pack_id,
-        subjects=report.subjects,
-        faces=report.faces,
-        reembedded=report.reembedded,
-        skipped_subjects=report.skipped_subjects,
-        skipped_faces=report.skipped_faces,
-        skipped_without_crop=report.skipped_without_crop,
-        new_subject_ids=report.new_subject_ids,
-        new_face_ids=report.new_face_ids,
-    )
+    return import_response(await gallery_archive.import_gallery(resources, file.file, options))
