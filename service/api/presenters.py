@@ -32,6 +32,7 @@ from service.api.schemas import (
     GalleryImportResponse,
     GalleryInfo,
     IdentifiedFaceOut,
+    IdentifyEmbeddingResponse,
     IdentifyResponse,
     ImageSize,
     InfoResponse,
@@ -57,7 +58,7 @@ from service.usecases.detect import DetectResult
 from service.usecases.embed import EmbedResult
 from service.usecases.enroll import EnrollmentResult, ImageOutcome
 from service.usecases.gallery_archive import ImportReport
-from service.usecases.identify import IdentifyResult
+from service.usecases.identify import EmbeddingMatches, IdentifyResult
 from service.usecases.info import ServiceInfo
 from service.usecases.keys import CallerKey
 from service.usecases.thresholds import ResolvedThreshold
@@ -243,6 +244,15 @@ def candidate_out(candidate: Candidate) -> CandidateOut:
         name=readable_name(candidate.name),
         similarity=verify.cosine(candidate.similarity),
         face_id=candidate.face_id,
+    )
+
+
+def embedding_matches_response(matches: EmbeddingMatches) -> IdentifyEmbeddingResponse:
+    return IdentifyEmbeddingResponse(
+        threshold=threshold_out(matches.threshold),
+        top_k=matches.top_k,
+        unknown=not matches.candidates,
+        candidates=[candidate_out(c) for c in matches.candidates],
     )
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 
 from service.api.deps import ReadAccess, Resources
 from service.api.params import ThresholdQuery
-from service.api.presenters import candidate_out, identify_response, threshold_out
+from service.api.presenters import embedding_matches_response, identify_response
 from service.api.request_bodies import form_or_json, image_bodies
 from service.api.responses import AUTH_ERRORS, IMAGE_ERRORS
 from service.api.schemas import (
@@ -71,10 +71,4 @@ async def identify_embedding(
         top_k=body.top_k,
         threshold=body.threshold if body.threshold is not None else threshold_query,
     )
-    matches = await identification.identify_embedding(resources, query)
-    return IdentifyEmbeddingResponse(
-        threshold=threshold_out(matches.threshold),
-        top_k=matches.top_k,
-        unknown=not matches.candidates,
-        candidates=[candidate_out(c) for c in matches.candidates],
-    )
+    return embedding_matches_response(await identification.identify_embedding(resources, query))
