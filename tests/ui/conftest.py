@@ -25,17 +25,20 @@ def chromium_path() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def console_server(tmp_path_factory: pytest.TempPathFactory, default_pack_dir: Path) -> Iterator[LocalServer]:
-    """``face-service serve`` on a fresh data dir with an admin key (FACE_API_KEY)."""
-    base = tmp_path_factory.mktemp("console")
-    env = {"FACE_MODELS_DIR": str(default_pack_dir.parent), "FACE_PACK": default_pack_dir.name}
+def serve_console(base: Path, pack_dir: Path, **env: str) -> Iterator[LocalServer]:
+    """``face-service serve`` on a fresh data dir under ``base`` with an admin key (FACE_API_KEY)."""
+    env = {"FACE_MODELS_DIR": str(pack_dir.parent), "FACE_PACK": pack_dir.name, **env}
     server = LocalServer(base / "data", env=env, log_path=base / "server.log")
     server.start()
     try:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture(scope="module")
+def console_server(tmp_path_factory: pytest.TempPathFactory, default_pack_dir: Path) -> Iterator[LocalServer]:
+    yield from serve_console(tmp_path_factory.mktemp("console"), default_pack_dir)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from benchmarks.local_server import LocalServer
-from tests.ui.conftest import sign_in
+from tests.ui.conftest import serve_console, sign_in
 
 PERSON = "John_Simm"
 
@@ -23,18 +23,11 @@ PERSON = "John_Simm"
 @pytest.fixture(scope="module")
 def console_server(tmp_path_factory: pytest.TempPathFactory, default_pack_dir: Path) -> Iterator[LocalServer]:
     """The conftest's server (its name overrides it for this module's ``page``), plus ``kiosk``."""
-    base = tmp_path_factory.mktemp("console-collections")
-    env = {
-        "FACE_MODELS_DIR": str(default_pack_dir.parent),
-        "FACE_PACK": default_pack_dir.name,
-        "FACE_COLLECTIONS": json.dumps({"kiosk": default_pack_dir.name}),
-    }
-    server = LocalServer(base / "data", env=env, log_path=base / "server.log")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+    yield from serve_console(
+        tmp_path_factory.mktemp("console-collections"),
+        default_pack_dir,
+        FACE_COLLECTIONS=json.dumps({"kiosk": default_pack_dir.name}),
+    )
 
 
 @pytest.fixture(scope="module")
