@@ -9,9 +9,8 @@ from service.api.asgi import HttpMiddleware
 from service.api.deps import (
     AUTHENTICATED_STATE,
     RESOURCES_STATE,
-    auth_failure_reason,
+    counted_unauthenticated,
     presented_key,
-    unauthenticated_error,
 )
 from service.api.errors import FieldError, problem_response_for_scope
 from service.api.log_filters import is_credential_parameter, normalized_parameter
@@ -53,8 +52,7 @@ class EarlyAuthMiddleware(HttpMiddleware):
             scope["state"][AUTHENTICATED_STATE] = principal
             await self.app(scope, receive, send)
             return
-        error = unauthenticated_error(presented)
-        self.metrics.auth_failures.labels(reason=auth_failure_reason(error)).inc()
+        error = counted_unauthenticated(self.metrics, presented)
         response = problem_response_for_scope(
             scope,
             status=error.status,

@@ -50,17 +50,9 @@ def get_resources(request: Request) -> ServiceResources:
     try:
         return service.in_collection(collection)
     except CollectionNotFoundError:
-        presented = presented_key(request.headers)
-        principal = getattr(request.state, AUTHENTICATED_STATE, None) or service.authenticator.authenticate(
-            presented
-        )
-        if principal is None:
-            error = unauthenticated_error(presented)
-            get_http_metrics(request).auth_failures.labels(reason=auth_failure_reason(error)).inc()
-            raise error from None
-        if not principal.may_use(collection):
-            get_http_metrics(request).auth_failures.labels(reason="collection").inc()
-            raise collection_not_allowed(principal, collection) from None
+        metrics = get_http_metrics(request)
+        principal = authenticated_caller(request, service, metrics, presented_key(request.headers))
+        refuse_other_collection(principal, collection, metrics)
         raise
 
 
@@ -114,9 +106,32 @@ def request_collection(request: Request) -> str:
     return collection if isinstance(collection, str) else DEFAULT_COLLECTION
 
 
-def collection_not_allowed(principal: Principal, collection: str) -> ApiError:
+def counted_unauthenticated(metrics: HttpMetrics, presented: str | None) -> ApiError:
+    """The 401 for ``presented``, counted in ``face_auth_failures_total`` (the caller raises it)."""
+    error = unauthenticated_error(presented)
+    metrics.auth_failures.labels(reason=auth_failure_reason(error)).inc()
+    return error
+
+
+def authenticated_caller(
+    request: Request, resources: ServiceResources, metrics: HttpMetrics, presented: str | None
+) -> Principal:
+    """The caller's principal (EarlyAuthMiddleware's, for requests with a body), or the counted 401."""
+    principal = getattr(request.state, AUTHENTICATED_STATE, None) or resources.authenticator.authenticate(
+        presented
+    )
+    if principal is None:
+        raise counted_unauthenticated(metrics, presented)
+    return principal
+
+
+def refuse_other_collection(principal: Principal, collection: str, metrics: HttpMetrics) -> None:
+    """The counted 403 ``collection_not_allowed`` when the key may not use ``collection``."""
+    if principal.may_use(collection):
+        return
+    metrics.auth_failures.labels(reason="collection").inc()
     allowed = ", ".join(sorted(principal.collections or ()))
-    return ApiError(
+    raise ApiError(
         403,
         "collection_not_allowed",
         f"this key may use only the collections {allowed}; this request is for collection {collection!r}",
@@ -138,22 +153,15 @@ def require_scope(needed: Scope | None, *, per_collection: bool = True) -> Calla
         presented = api_key or (bearer.credentials if bearer is not None else None)
         # A sync dependency: FastAPI runs it in the thread pool, so the key lookup never blocks the loop.
         # Requests with a body were authenticated already, before it was read (EarlyAuthMiddleware).
-        principal = getattr(request.state, AUTHENTICATED_STATE, None) or resources.authenticator.authenticate(
-            presented
-        )
-        if principal is None:
-            error = unauthenticated_error(presented)
-            metrics.auth_failures.labels(reason=auth_failure_reason(error)).inc()
-            raise error
+        principal = authenticated_caller(request, resources, metrics, presented)
         if needed is not None and not grants(principal.scopes, needed):
             metrics.auth_failures.labels(reason="scope").inc()
             held = ", ".join(sorted(scope.value for scope in principal.scopes))
             raise ApiError(
                 403, "insufficient_scope", f"this needs the {needed.value!r} scope; the key has: {held}"
             )
-        if per_collection and not principal.may_use(collection := request_collection(request)):
-            metrics.auth_failures.labels(reason="collection").inc()
-            raise collection_not_allowed(principal, collection)
+        if per_collection:
+            refuse_other_collection(principal, request_collection(request), metrics)
         single_valued_query(request)  # after the key check: an unknown caller learns nothing from a 422
         return principal
 

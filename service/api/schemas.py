@@ -40,6 +40,22 @@ _EXAMPLE_QUALITY: JsonDict = {
 _EXAMPLE_SUBJECT_ID = "4f6c2d1e-3b5a-4c1e-9a7b-2d8e6f0a1b2c"
 _EXAMPLE_FACE_ID = "a81b7c52-6d0e-4f3a-b1c9-5e2d4f6a7b8c"
 
+_EXAMPLE_CANDIDATE: JsonDict = {
+    "subject_id": _EXAMPLE_SUBJECT_ID,
+    "name": "John Simm",
+    "similarity": 0.93,
+    "face_id": _EXAMPLE_FACE_ID,
+}
+_EXAMPLE_SUBJECT: JsonDict = {
+    "id": _EXAMPLE_SUBJECT_ID,
+    "name": "John Simm",
+    "metadata": {"employee_id": "E-1042"},
+    "face_count": 5,
+    "created_at": "2025-01-31T10:15:02+00:00",
+    "updated_at": "2025-01-31T10:15:02+00:00",
+    "duplicate_name": False,
+}
+
 # Stored text and JSON: checked before anything is written (service.gallery.input_limits says why).
 _NAME_RULES = "no control characters (NUL, CR/LF, ESC, ...), line separators or bidi controls"
 SubjectName = Annotated[
@@ -233,14 +249,7 @@ class IdentifyResponse(_Out):
                             "box": _EXAMPLE_BOX,
                             "score": 0.998,
                             "unknown": False,
-                            "candidates": [
-                                {
-                                    "subject_id": _EXAMPLE_SUBJECT_ID,
-                                    "name": "John Simm",
-                                    "similarity": 0.93,
-                                    "face_id": _EXAMPLE_FACE_ID,
-                                }
-                            ],
+                            "candidates": [_EXAMPLE_CANDIDATE],
                         }
                     ],
                 }
@@ -293,21 +302,7 @@ class SubjectMerge(_In):
 
 
 class SubjectOut(_Out):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": _EXAMPLE_SUBJECT_ID,
-                    "name": "John Simm",
-                    "metadata": {"employee_id": "E-1042"},
-                    "face_count": 5,
-                    "created_at": "2025-01-31T10:15:02+00:00",
-                    "updated_at": "2025-01-31T10:15:02+00:00",
-                    "duplicate_name": False,
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE_SUBJECT]})
     id: str
     name: str
     metadata: dict[str, Any]
@@ -325,17 +320,7 @@ class SubjectPage(_Out):
         json_schema_extra={
             "examples": [
                 {
-                    "subjects": [
-                        {
-                            "id": _EXAMPLE_SUBJECT_ID,
-                            "name": "John Simm",
-                            "metadata": {"team": "red"},
-                            "face_count": 5,
-                            "created_at": "2025-01-31T10:15:02+00:00",
-                            "updated_at": "2025-01-31T10:15:02+00:00",
-                            "duplicate_name": False,
-                        }
-                    ],
+                    "subjects": [_EXAMPLE_SUBJECT],
                     "next_cursor": "Mg",
                 }
             ]
@@ -773,14 +758,7 @@ class IdentifyEmbeddingResponse(_Out):
                     "threshold": {"name": "default", "value": 0.84},
                     "top_k": 3,
                     "unknown": False,
-                    "candidates": [
-                        {
-                            "subject_id": _EXAMPLE_SUBJECT_ID,
-                            "name": "John Simm",
-                            "similarity": 0.93,
-                            "face_id": _EXAMPLE_FACE_ID,
-                        }
-                    ],
+                    "candidates": [_EXAMPLE_CANDIDATE],
                 }
             ]
         }
