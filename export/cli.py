@@ -98,6 +98,13 @@ def _parser() -> argparse.ArgumentParser:
     default.add_argument("--force", action="store_true", help="rebuild even when the pack verifies")
     default.set_defaults(handler=_cmd_default_pack)
 
+    fp32 = sub.add_parser(
+        "fp32-pack", help="build the fp32 pack (FACE_PACK=fp32: the former default, all fp32), cached"
+    )
+    fp32.add_argument("--out", type=Path, default=None, help=OUT_HELP.format(name="fp32"))
+    fp32.add_argument("--force", action="store_true", help="rebuild even when the pack verifies")
+    fp32.set_defaults(handler=_cmd_fp32_pack)
+
     ensemble = sub.add_parser("ensemble-pack", help="build the ensemble pack (SFace ⊕ dlib), cached")
     ensemble.add_argument("--out", type=Path, default=None, help=OUT_HELP.format(name="ensemble"))
     ensemble.add_argument("--force", action="store_true", help="rebuild even when the pack verifies")
@@ -311,6 +318,12 @@ def _cmd_default_pack(args: argparse.Namespace) -> int:
     from export.default_pack import build_default_pack
 
     return _report_built_pack("default", args, lambda out: build_default_pack(out, force=args.force))
+
+
+def _cmd_fp32_pack(args: argparse.Namespace) -> int:
+    from export.default_pack import FP32_PACK, build_sface_pack
+
+    return _report_built_pack("fp32", args, lambda out: build_sface_pack(FP32_PACK, out, force=args.force))
 
 
 def _cmd_ensemble_pack(args: argparse.Namespace) -> int:

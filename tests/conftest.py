@@ -35,6 +35,15 @@ def default_pack_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def fp32_pack_dir() -> Path:
+    """The fp32 pack (``FACE_PACK=fp32``: the default pack's models, SFace in fp32), built once if missing."""
+    from export.default_pack import FP32_PACK, build_sface_pack
+    from service.settings import Settings
+
+    return build_sface_pack(FP32_PACK, Settings().models_dir / "fp32")
+
+
+@pytest.fixture(scope="session")
 def dlib_pack_dir() -> Path:
     """The dlib pack (``FACE_PACK=dlib``) in the configured models directory, built once if missing."""
     from export.dlib_pack import build_dlib_pack

@@ -384,7 +384,7 @@ class FaceOut(_Out):
                 {
                     "id": _EXAMPLE_FACE_ID,
                     "subject_id": _EXAMPLE_SUBJECT_ID,
-                    "pack_id": "sface-retinaface-4836e287",
+                    "pack_id": "sface-int8-retinaface-940d1b7a",
                     "det_score": 0.998,
                     "quality": {
                         "size": 142.0,
@@ -545,17 +545,17 @@ class CollectionList(_Out):
                     "collections": [
                         {
                             "name": "default",
-                            "pack_id": "sface-retinaface-4836e287",
+                            "pack_id": "sface-int8-retinaface-940d1b7a",
                             "embedding_size": 128,
-                            "threshold": {"name": "default", "value": 0.381},
+                            "threshold": {"name": "default", "value": 0.3819},
                             "subjects": 120,
                             "faces": 604,
                         },
                         {
                             "name": "kiosk",
-                            "pack_id": "sface-yunet-0c1d2e3f",
+                            "pack_id": "sface-int8-yunet-940d1b7a",
                             "embedding_size": 128,
-                            "threshold": {"name": "default", "value": 0.381},
+                            "threshold": {"name": "default", "value": 0.3819},
                             "subjects": 12,
                             "faces": 40,
                         },
@@ -776,8 +776,8 @@ class GalleryImportResponse(_Out):
         json_schema_extra={
             "examples": [
                 {
-                    "source_pack_id": "sface-retinaface-4836e287",
-                    "pack_id": "sface-retinaface-4836e287",
+                    "source_pack_id": "sface-int8-retinaface-940d1b7a",
+                    "pack_id": "sface-int8-retinaface-940d1b7a",
                     "subjects": 5,
                     "faces": 25,
                     "reembedded": 0,

@@ -119,8 +119,19 @@ class BadRow:
     reason: str
 
 
-# Galleries made before SFace became the default are pinned to ids with this prefix.
-_FORMER_DEFAULT_PACK_PREFIX = "default-dlib-r34-"
+# Galleries made with a former default pack are pinned to ids with these prefixes:
+# prefix -> (FACE_PACK folder, face-export subcommand, what it was).
+_FORMER_DEFAULT_PACKS: dict[str, tuple[str, str, str]] = {
+    "default-dlib-r34-": ("dlib", "dlib-pack", "the former default dlib pack"),
+    "sface-retinaface-": ("fp32", "fp32-pack", "the former fp32 default pack"),
+}
+
+
+def _former_default_hint(gallery_pack: str) -> str:
+    for prefix, (folder, command, what) in _FORMER_DEFAULT_PACKS.items():
+        if gallery_pack.startswith(prefix):
+            return f" ({what}: `face-export {command}`, then FACE_PACK={folder})"
+    return ""
 
 
 class PackMismatchError(GalleryError):
@@ -130,11 +141,7 @@ class PackMismatchError(GalleryError):
     def __init__(
         self, path: Path | str, gallery_pack: str, service_pack: str, detail: str = "", advice: str = ""
     ) -> None:
-        former_default = (
-            " (the former default dlib pack: `face-export dlib-pack`, then FACE_PACK=dlib)"
-            if gallery_pack.startswith(_FORMER_DEFAULT_PACK_PREFIX)
-            else ""
-        )
+        former_default = _former_default_hint(gallery_pack)
         # ``advice``: pasteable commands from a caller that knows the pack folders (start-up does).
         advice = advice or (
             "stop the service and run `face-service reembed` to re-embed the gallery's stored crops with "

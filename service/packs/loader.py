@@ -71,7 +71,13 @@ def resolve_pack_dir(models_dir: Path, name: str) -> Path:
 
 # FACE_PACK names of the packs `face-export` builds, and the subcommand that builds each.
 BUILT_IN_PACKS: Mapping[str, str] = MappingProxyType(
-    {"default": "default-pack", "dlib": "dlib-pack", "fast": "fast-pack", "ensemble": "ensemble-pack"}
+    {
+        "default": "default-pack",
+        "fp32": "fp32-pack",
+        "dlib": "dlib-pack",
+        "fast": "fast-pack",
+        "ensemble": "ensemble-pack",
+    }
 )
 
 

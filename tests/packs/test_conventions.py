@@ -79,13 +79,14 @@ def _named_convention(embedder: EmbedderSpec) -> ChipConvention | None:
 
 
 def _builders() -> dict[str, Callable[[Path], Path]]:
-    from export.default_pack import FAST_PACK, build_default_pack, build_sface_pack
+    from export.default_pack import FAST_PACK, FP32_PACK, build_default_pack, build_sface_pack
     from export.dlib_pack import build_dlib_pack
     from export.ensemble_pack import build_ensemble_pack
 
     return {
         "default": build_default_pack,
         "fast": lambda out: build_sface_pack(FAST_PACK, out),
+        "fp32": lambda out: build_sface_pack(FP32_PACK, out),
         "dlib": build_dlib_pack,
         "ensemble": build_ensemble_pack,
     }

@@ -10,7 +10,7 @@ H = admin_headers()
 
 def test_info_and_metrics_describe_the_running_service(enrolled: Enrolled, johns: list[Person]) -> None:
     info = enrolled.client.get("/v1/info", headers=H).json()
-    assert info["pack_id"].startswith("sface-retinaface-")
+    assert info["pack_id"].startswith("sface-int8-retinaface-")
     assert set(info["providers"]) == {"detector", "embedder"}
     assert "CPUExecutionProvider" in info["providers"]["embedder"]
     assert "default" in info["operating_points"]
