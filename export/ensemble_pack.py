@@ -1,6 +1,6 @@
 """The ensemble pack (``face-export ensemble-pack``, ``FACE_PACK=ensemble``): SFace ⊕ dlib.
 
-Built from the default (RetinaFace + SFace) and dlib (RetinaFace + dlib ResNet) packs, both cached
+Built from the fp32 (RetinaFace + SFace) and dlib (RetinaFace + dlib ResNet) packs, both cached
 builds: the same detector, both embedders, and the ensemble's crop geometry. Member weights were chosen
 on ``celeba_wild`` (``MEMBER_PROCEDURE``): the weighted cosine ``α·cos_sface + (1 − α)·cos_dlib`` was
 scanned for α in 0.1…1.0 on the two packs' embeddings of the same detected faces.
@@ -16,7 +16,7 @@ from typing import Final
 
 import numpy as np
 
-from export.default_pack import DEFAULT_OPERATING_POINT, build_default_pack
+from export.default_pack import DEFAULT_OPERATING_POINT, FP32_PACK, build_sface_pack
 from export.dlib_pack import build_dlib_pack
 from export.pack_cache import PackRecipe, build_cached
 from export.pack_writer import DETECTOR_FILE, embedding_fingerprint, stage_pack
@@ -75,10 +75,11 @@ def build_ensemble_pack(out_dir: Path, *, force: bool = False) -> Path:
 
 
 def _build(out_dir: Path) -> None:
-    sface = load_pack(build_default_pack(out_dir.parent / "default"))
+    # The fp32 SFace pack: the member weights and thresholds were measured with it.
+    sface = load_pack(build_sface_pack(FP32_PACK, out_dir.parent / "fp32"))
     dlib = load_pack(build_dlib_pack(out_dir.parent / "dlib"))
     if sface.manifest.detector != dlib.manifest.detector:
-        raise ValueError("the default and dlib packs must share one detector for the ensemble")
+        raise ValueError("the fp32 and dlib packs must share one detector for the ensemble")
     members = [
         (sface, "embedder_sface.onnx", math.sqrt(SFACE_SHARE)),
         (dlib, "embedder_dlib.onnx", math.sqrt(1 - SFACE_SHARE)),
