@@ -23,7 +23,6 @@ from typing import Final
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from export import sface
@@ -111,17 +110,8 @@ def _nchw(chips: list[ImageArray]) -> np.ndarray:
 
 
 def _cosines_to_fp32(fp32_path: Path, int8_path: Path, chips: list[ImageArray]) -> tuple[float, float]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    outputs = []
-    for path in (fp32_path, int8_path):
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        raw = np.concatenate(
-            [
-                session.run([sface.OUTPUT_NAME], {sface.INPUT_NAME: _nchw(chips[start : start + 16])})[0]
-                for start in range(0, len(chips), 16)
-            ]
-        )
-        outputs.append(raw / np.linalg.norm(raw, axis=1, keepdims=True))
-    cosines = np.sum(outputs[0] * outputs[1], axis=1)
+    inputs = _nchw(chips)
+    outputs = [sface.embed_raw(onnx.load(str(path)), inputs) for path in (fp32_path, int8_path)]
+    unit = [raw / np.linalg.norm(raw, axis=1, keepdims=True) for raw in outputs]
+    cosines = np.sum(unit[0] * unit[1], axis=1)
     return float(np.mean(cosines)), float(np.min(cosines))

@@ -11,8 +11,11 @@ import pytest
 from service.evaluation.image_files import read_image
 from service.evaluation.pairs import identity_folders
 from service.packs.loader import load_pack
+from service.pipeline.decode import decode_image
 from service.pipeline.face_pipeline import FacePipeline
+from service.pipeline.quality import QualityBars
 from service.settings import Settings
+from tests.robustness.test_crash_safety import jittered
 
 
 def _pipeline(pack_dir: Path, det_input_size: int = 640) -> FacePipeline:
@@ -73,10 +76,6 @@ def test_int8_detector_adds_no_second_face_to_tight_id_crops(
 
     A first calibration without close-ups gave 12 in 2,200 such crops a second, low-score box (fp32: 2).
     """
-    from service.pipeline.decode import decode_image
-    from service.pipeline.quality import QualityBars
-    from tests.robustness.test_crash_safety import jittered
-
     photos = sorted((shared_faces / "dlib_johns").rglob("*.jpg"))
     variants = [jittered(path.read_bytes(), seed) for path in photos for seed in range(8)]
     images = [decode_image(data, max_bytes=1 << 24, max_pixels=1 << 24) for data in variants]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
+from export import sface
 from export.calibration_faces import PORTRAITS, calibration_chips
 from export.int8_static import rounded_ranges
 from export.sface_int8 import nodes_to_quantize
@@ -24,12 +24,8 @@ TEMPLATE = np.asarray(SFACE_112.template, dtype=np.float32)
 
 
 def _embed(model: Path, chips: np.ndarray) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     inputs = np.ascontiguousarray(chips.transpose(0, 3, 1, 2), dtype=np.float32)
-    batches = [session.run(None, {"data": inputs[i : i + 16]})[0] for i in range(0, len(inputs), 16)]
-    raw = np.concatenate(batches)
+    raw = sface.embed_raw(onnx.load(str(model)), inputs)
     return np.asarray(raw / np.linalg.norm(raw, axis=1, keepdims=True))
 
 
